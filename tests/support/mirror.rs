@@ -1,0 +1,166 @@
+//! Runs the real `regmirror` binary with a generated config on a free loopback port.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::net::{free_port, wait_for_port};
+
+/// One upstream section of the mirror's config.
+#[derive(Clone, Debug)]
+pub struct UpstreamSpec {
+    pub name: String,
+    pub url: String,
+    pub aliases: Vec<String>,
+    pub default: bool,
+    /// Extra TOML lines appended inside this upstream's table.
+    pub extra: String,
+}
+
+impl UpstreamSpec {
+    pub fn new(name: &str, url: &str, aliases: &[&str], default: bool) -> Self {
+        UpstreamSpec {
+            name: name.into(),
+            url: url.into(),
+            aliases: aliases.iter().map(|s| s.to_string()).collect(),
+            default,
+            extra: String::new(),
+        }
+    }
+}
+
+/// A running mirror process; SIGTERM then kill on drop.
+pub struct Mirror {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub cache_dir: PathBuf,
+    pub log_path: PathBuf,
+    child: Child,
+}
+
+impl Mirror {
+    /// Starts a mirror in front of `upstreams`; `extra` is appended at the config's top level
+    /// (e.g. "[cache]\ntag_ttl = \"1s\"" is NOT allowed there since [cache] is written already:
+    /// use `cache_extra` for keys inside [cache]).
+    pub fn start(upstreams: &[UpstreamSpec]) -> Mirror {
+        Self::start_with(upstreams, "")
+    }
+
+    /// Like `start`, with extra TOML lines inside the `[cache]` table.
+    pub fn start_with(upstreams: &[UpstreamSpec], cache_extra: &str) -> Mirror {
+        let dir = tempfile::tempdir().unwrap();
+        let cache_dir = dir.path().join("cache");
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut cfg = format!(
+            "[server]\nlisten = \"{addr}\"\nshutdown_timeout = \"5s\"\n\n[cache]\ndir = \"{}\"\n{cache_extra}\n\n",
+            cache_dir.display()
+        );
+        for u in upstreams {
+            let aliases: Vec<String> = u.aliases.iter().map(|a| format!("\"{a}\"")).collect();
+            cfg.push_str(&format!(
+                "[upstreams.{}]\nurl = \"{}\"\naliases = [{}]\ndefault = {}\n{}\n\n",
+                u.name,
+                u.url,
+                aliases.join(", "),
+                u.default,
+                u.extra
+            ));
+        }
+        let cfg_path = dir.path().join("mirror.toml");
+        std::fs::File::create(&cfg_path)
+            .unwrap()
+            .write_all(cfg.as_bytes())
+            .unwrap();
+        let log_path = dir.path().join("mirror.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_regmirror"))
+            .arg("serve")
+            .arg("-c")
+            .arg(&cfg_path)
+            .env("RUST_LOG", "regmirror=debug,info")
+            .env_remove("REGMIRROR_SERVER__LISTEN")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn regmirror");
+        wait_for_port(addr, Duration::from_secs(20));
+        Mirror {
+            addr,
+            dir,
+            cache_dir,
+            log_path,
+            child,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The mirror's log so far (for assertions and for debugging failed tests).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Every regular file under the cache directory (to assert nothing was written).
+    pub fn cached_files(&self) -> Vec<PathBuf> {
+        fn walk(p: &std::path::Path, out: &mut Vec<PathBuf>) {
+            if let Ok(rd) = std::fs::read_dir(p) {
+                for e in rd.flatten() {
+                    let path = e.path();
+                    if path.is_dir() {
+                        walk(&path, out);
+                    } else {
+                        out.push(path);
+                    }
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.cache_dir, &mut out);
+        out
+    }
+
+    /// The `/stats` JSON.
+    pub async fn stats(&self) -> serde_json::Value {
+        reqwest::get(format!("{}/stats", self.url()))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for exit; returns whether it exited cleanly.
+    pub fn terminate(&mut self, timeout: Duration) -> bool {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let start = std::time::Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+impl Drop for Mirror {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- regmirror log ----\n{}", self.log());
+        }
+    }
+}
