@@ -4,5 +4,9 @@
 //! Every integration test file does `mod support;`; not every file uses every helper.
 #![allow(dead_code)]
 
+pub mod docker;
 pub mod mirror;
 pub mod net;
+pub mod oci;
+pub mod registry;
+pub mod tokens;
