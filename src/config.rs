@@ -1,0 +1,297 @@
+//! The configuration tree: one serde struct per table, loaded by figment
+//! (built-in defaults < `mirror.toml` < `REGMIRROR_*` environment) and validated once.
+//!
+//! The library only ever takes a built [`Config`], so tests construct one in code.
+//! Secrets never appear in [`Config::redacted_toml`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where and how clients connect.
+    pub server: ServerConfig,
+    /// Disk and memory caches.
+    pub cache: CacheConfig,
+    /// Registries we mirror, by a short name used in logs and metrics.
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Log output.
+    pub log: LogConfig,
+}
+
+/// The client-facing listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on; dockerd's `registry-mirrors` points here.
+    pub listen: SocketAddr,
+    /// How long in-flight responses may run after SIGTERM/SIGINT before we exit anyway.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// Longest a client may take to send its request headers (slowloris guard).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Connections served at once; more wait in the kernel's accept queue.
+    pub max_connections: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "0.0.0.0:5000".parse().unwrap(),
+            shutdown_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 4096,
+        }
+    }
+}
+
+/// Disk store and memory tier.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Directory of the content-addressed disk store (created if missing).
+    pub dir: PathBuf,
+    /// Memory tier budget: manifests, tag answers, auth decisions.
+    pub memory: ByteSize,
+    /// How long a tag -> digest answer is trusted before a revalidating HEAD upstream.
+    #[serde(with = "humantime_serde")]
+    pub tag_ttl: Duration,
+    /// How long an upstream "this requester may pull this repository" answer is trusted.
+    /// Revoked access takes effect within this window.
+    #[serde(with = "humantime_serde")]
+    pub auth_ttl: Duration,
+    /// Manifests above this size are refused (they are buffered in memory to verify).
+    pub max_manifest_size: ByteSize,
+    /// When every client of an in-flight blob download has gone: finish it into the cache
+    /// (true) or cancel it (false).
+    pub finish_abandoned_downloads: bool,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            dir: PathBuf::from("./cache"),
+            memory: ByteSize::mib(256),
+            tag_ttl: Duration::from_secs(300),
+            auth_ttl: Duration::from_secs(60),
+            max_manifest_size: ByteSize::mib(4),
+            finish_abandoned_downloads: true,
+        }
+    }
+}
+
+/// One upstream registry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Base URL, e.g. `https://registry-1.docker.io`.
+    pub url: String,
+    /// Host names clients use for this registry: matched against containerd's `?ns=` and
+    /// against a leading path segment (`/v2/<alias>/<name>/...`, podman/skopeo mirrors).
+    pub aliases: Vec<String>,
+    /// Requests with neither `ns` nor an alias prefix go here (dockerd `registry-mirrors`).
+    pub default: bool,
+    /// Prepend `library/` to one-component names (Docker Hub's official images).
+    /// Unset: on when an alias is `docker.io`.
+    pub library_prefix: Option<bool>,
+    /// Upstream connect timeout.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Longest wait for upstream response headers (504 after it).
+    #[serde(with = "humantime_serde")]
+    pub response_timeout: Duration,
+    /// Longest silence inside an upstream body before the transfer counts as cut.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            url: String::new(),
+            aliases: Vec::new(),
+            default: false,
+            library_prefix: None,
+            connect_timeout: Duration::from_secs(10),
+            response_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl UpstreamConfig {
+    /// Docker Hub, the upstream used when no upstream is configured at all.
+    pub fn docker_hub() -> Self {
+        UpstreamConfig {
+            url: "https://registry-1.docker.io".into(),
+            aliases: vec![
+                "docker.io".into(),
+                "registry-1.docker.io".into(),
+                "index.docker.io".into(),
+            ],
+            default: true,
+            ..Default::default()
+        }
+    }
+
+    /// Whether one-component names get `library/`.
+    pub fn wants_library_prefix(&self) -> bool {
+        self.library_prefix
+            .unwrap_or_else(|| self.aliases.iter().any(|a| a == "docker.io"))
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// tracing filter, e.g. `info` or `regmirror=debug`; `RUST_LOG` wins when set.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+/// A configuration that could not be loaded or makes no sense.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Load(Box<figment::Error>),
+    #[error("config file {0} does not exist")]
+    Missing(PathBuf),
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads defaults < `file` (if given, it must exist; else `mirror.toml` if present) < env.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(p) if !p.exists() => return Err(ConfigError::Missing(p.to_owned())),
+            Some(p) => fig = fig.merge(Toml::file_exact(p)),
+            None if Path::new("mirror.toml").exists() => {
+                fig = fig.merge(Toml::file_exact("mirror.toml"))
+            }
+            None => {}
+        }
+        fig = fig.merge(Env::prefixed("REGMIRROR_").split("__"));
+        let mut cfg: Config = fig.extract().map_err(|e| ConfigError::Load(Box::new(e)))?;
+        if cfg.upstreams.is_empty() {
+            cfg.upstreams
+                .insert("docker".into(), UpstreamConfig::docker_hub());
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks what serde cannot: cross-field rules.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.upstreams.is_empty() {
+            return bad("no upstream configured".into());
+        }
+        let defaults: Vec<_> = self.upstreams.iter().filter(|(_, u)| u.default).collect();
+        if defaults.len() > 1 {
+            return bad(format!(
+                "more than one upstream has default = true: {}",
+                defaults
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        let mut seen = BTreeMap::new();
+        for (name, u) in &self.upstreams {
+            if !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return bad(format!("upstreams.{name}: name must be [A-Za-z0-9_-]"));
+            }
+            match u.url.parse::<http::Uri>() {
+                Ok(uri)
+                    if matches!(uri.scheme_str(), Some("http") | Some("https"))
+                        && uri.host().is_some() => {}
+                _ => {
+                    return bad(format!(
+                        "upstreams.{name}.url: `{}` is not an http(s) URL",
+                        u.url
+                    ))
+                }
+            }
+            for a in &u.aliases {
+                if a.is_empty() || a.contains('/') || a.chars().any(char::is_whitespace) {
+                    return bad(format!(
+                        "upstreams.{name}.aliases: `{a}` is not a host name"
+                    ));
+                }
+                if let Some(other) = seen.insert(a.to_ascii_lowercase(), name.clone()) {
+                    return bad(format!(
+                        "alias `{a}` is used by upstreams {other} and {name}"
+                    ));
+                }
+            }
+        }
+        if self.cache.memory.as_u64() < 1024 * 1024 {
+            return bad("cache.memory must be at least 1 MiB".into());
+        }
+        if self.cache.max_manifest_size.as_u64() == 0 {
+            return bad("cache.max_manifest_size must be positive".into());
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return bad(format!(
+                "log.format must be text or json, not `{}`",
+                self.log.format
+            ));
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, with secrets replaced (for `check-config`).
+    pub fn redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_include_docker_hub() {
+        let cfg = Config::load(Some(Path::new("mirror.toml"))).unwrap();
+        assert!(cfg.upstreams["docker"].default);
+        assert!(cfg.upstreams["docker"].wants_library_prefix());
+    }
+
+    #[test]
+    fn two_defaults_are_refused() {
+        let mut cfg = Config::default();
+        cfg.upstreams
+            .insert("a".into(), UpstreamConfig::docker_hub());
+        let mut b = UpstreamConfig::docker_hub();
+        b.aliases.clear();
+        cfg.upstreams.insert("b".into(), b);
+        assert!(cfg.validate().unwrap_err().to_string().contains("default"));
+    }
+}

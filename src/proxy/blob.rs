@@ -1,0 +1,258 @@
+//! Blobs: served from the store when cached (after the auth gate), else fetched once
+//! upstream and streamed to every requester from the shared download (see `download`).
+
+use std::sync::Arc;
+
+use http::{header, request::Parts, HeaderValue, Method, Response, StatusCode};
+use tokio_util::io::ReaderStream;
+
+use super::download::{self, Claim, Download, Leader, Phase};
+use super::manifest::content_length;
+use super::range::{self, RangeRequest};
+use super::respond::{self, CacheStatus};
+use super::transfer::Transfer;
+use super::{relay_status, Proxy, ProxyError, Requester, Target};
+use crate::body::{self, Body};
+use crate::error::{oci_error, OciCode};
+use crate::reference::Digest;
+use crate::stats::Stats;
+use crate::store::Spool;
+
+/// Bytes per chunk read from the store.
+const READ_CHUNK: usize = 256 * 1024;
+/// Times a request re-tries joining when the leader's upstream request was refused.
+const MAX_CLAIMS: usize = 4;
+
+impl Proxy {
+    pub(super) async fn blob(
+        &self,
+        t: &Target,
+        d: &Digest,
+        parts: &Parts,
+        who: &Requester,
+    ) -> Result<Response<Body>, ProxyError> {
+        for _ in 0..MAX_CLAIMS {
+            if let Some(size) = self.index.stored_size(d) {
+                self.gate_blob(t, d, who).await?;
+                if let Some(resp) = self.serve_stored(d, size, parts).await? {
+                    return Ok(resp);
+                }
+            }
+            if parts.method == Method::HEAD {
+                return self.head_miss(t, d, who).await;
+            }
+            match self.downloads.claim(d) {
+                Claim::Leader(lead) => return self.lead(t, d, parts, who, lead).await,
+                Claim::Follower(dl) => {
+                    if dl.started().await.phase == Phase::Refused {
+                        continue;
+                    }
+                    self.gate_blob(t, d, who).await?;
+                    Stats::add(&self.stats.coalesced, 1);
+                    return Ok(self.serve_download(dl, parts, CacheStatus::Joined));
+                }
+            }
+        }
+        Err(ProxyError::Internal(format!(
+            "could not start a download of {d}"
+        )))
+    }
+
+    /// Ensures `who` may read `d` through `t.repo`: known from recent upstream answers, or
+    /// asked now with a HEAD carrying the requester's credentials.
+    async fn gate_blob(&self, t: &Target, d: &Digest, who: &Requester) -> Result<(), ProxyError> {
+        let owner = self.owner(t);
+        if self.gate_allows(t, who) && self.index.owns(d, &owner) {
+            return Ok(());
+        }
+        let head = t
+            .upstream
+            .blob(Method::HEAD, &t.repo, d, &who.forward())
+            .await?;
+        if !head.status().is_success() {
+            return Err(relay_status(head).await);
+        }
+        self.gate_record(t, who).await;
+        self.index.add_owner([d], &owner);
+        Ok(())
+    }
+
+    /// HEAD for a blob we do not have: the upstream's answer, without fetching.
+    async fn head_miss(
+        &self,
+        t: &Target,
+        d: &Digest,
+        who: &Requester,
+    ) -> Result<Response<Body>, ProxyError> {
+        let head = t
+            .upstream
+            .blob(Method::HEAD, &t.repo, d, &who.forward())
+            .await?;
+        if !head.status().is_success() {
+            return Err(relay_status(head).await);
+        }
+        self.gate_record(t, who).await;
+        self.index.add_owner([d], &self.owner(t));
+        let len = content_length(head.headers());
+        Ok(respond::blob(
+            body::empty(),
+            d,
+            len,
+            None,
+            CacheStatus::Miss,
+        ))
+    }
+
+    /// Starts the one upstream transfer for `d` and follows it.
+    async fn lead(
+        &self,
+        t: &Target,
+        d: &Digest,
+        parts: &Parts,
+        who: &Requester,
+        lead: Leader,
+    ) -> Result<Response<Body>, ProxyError> {
+        let fwd = who.forward();
+        let resp = t.upstream.blob(Method::GET, &t.repo, d, &fwd).await?;
+        if !resp.status().is_success() {
+            return Err(relay_status(resp).await);
+        }
+        self.gate_record(t, who).await;
+        self.index.add_owner([d], &self.owner(t));
+        let total = content_length(resp.headers());
+        let spool = Spool::create(self.store.spool_dir(), d)
+            .await
+            .map_err(|e| ProxyError::Internal(format!("creating a spool file: {e}")))?;
+        let reader = std::fs::File::open(spool.path())
+            .map_err(|e| ProxyError::Internal(format!("opening the spool file: {e}")))?;
+        let dl = lead.start(reader, total);
+        let transfer = Transfer {
+            dl: dl.clone(),
+            spool: Some(spool),
+            body: resp.into_body(),
+            upstream: t.upstream.clone(),
+            repo: t.repo.clone(),
+            fwd,
+            total,
+            store: self.store.clone(),
+            index: self.index.clone(),
+            stats: self.stats.clone(),
+            downloads: self.downloads.clone(),
+            finish_abandoned: self.config.cache.finish_abandoned_downloads,
+        };
+        tokio::spawn(transfer.run());
+        Stats::add(&self.stats.misses, 1);
+        Ok(self.serve_download(dl, parts, CacheStatus::Miss))
+    }
+
+    /// Serves (a range of) a download in flight.
+    fn serve_download(
+        &self,
+        dl: Arc<Download>,
+        parts: &Parts,
+        cache: CacheStatus,
+    ) -> Response<Body> {
+        tracing::Span::current().record("cache", cache.as_str());
+        let digest = dl.digest.clone();
+        let Some(total) = dl.progress().total else {
+            let s = self.count_served(download::follow(dl, 0, None), cache);
+            return respond::blob(body::stream(s), &digest, None, None, cache);
+        };
+        match range::parse(range_header(parts), total) {
+            RangeRequest::Unsatisfiable => unsatisfiable(total),
+            RangeRequest::Ranges(r) if r.len() == 1 => {
+                let r = r[0];
+                let s = self.count_served(download::follow(dl, r.start, Some(r.end + 1)), cache);
+                respond::blob(
+                    body::stream(s),
+                    &digest,
+                    Some(r.len()),
+                    Some((r.start, r.end, total)),
+                    cache,
+                )
+            }
+            _ => {
+                let s = self.count_served(download::follow(dl, 0, None), cache);
+                respond::blob(body::stream(s), &digest, Some(total), None, cache)
+            }
+        }
+    }
+
+    /// Serves (a range of) a stored blob; `None` if it vanished meanwhile.
+    async fn serve_stored(
+        &self,
+        d: &Digest,
+        size: u64,
+        parts: &Parts,
+    ) -> Result<Option<Response<Body>>, ProxyError> {
+        tracing::Span::current().record("cache", "HIT");
+        Stats::add(&self.stats.hits, 1);
+        let (start, end, partial) = match range::parse(range_header(parts), size) {
+            RangeRequest::Unsatisfiable => return Ok(Some(unsatisfiable(size))),
+            RangeRequest::Ranges(r) if r.len() == 1 => (r[0].start, r[0].end + 1, true),
+            _ => (0, size, false),
+        };
+        let range = partial.then(|| (start, end - 1, size));
+        if parts.method == Method::HEAD {
+            return Ok(Some(respond::blob(
+                body::empty(),
+                d,
+                Some(end - start),
+                range,
+                CacheStatus::Hit,
+            )));
+        }
+        let Some(read) = self.store.open(d, start..end).await? else {
+            return Ok(None);
+        };
+        let stream = ReaderStream::with_capacity(read.reader, READ_CHUNK);
+        let s = self.count_served(stream, CacheStatus::Hit);
+        Ok(Some(respond::blob(
+            body::stream(s),
+            d,
+            Some(end - start),
+            range,
+            CacheStatus::Hit,
+        )))
+    }
+
+    /// Counts bytes sent (and bytes a joiner got without another upstream transfer).
+    fn count_served<S>(
+        &self,
+        s: S,
+        cache: CacheStatus,
+    ) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + 'static
+    where
+        S: futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + 'static,
+    {
+        use futures_util::StreamExt;
+        let stats = self.stats.clone();
+        s.inspect(move |r| {
+            if let Ok(b) = r {
+                Stats::add(&stats.bytes_served, b.len() as u64);
+                if cache == CacheStatus::Joined {
+                    Stats::add(&stats.bytes_saved, b.len() as u64);
+                }
+            }
+        })
+    }
+}
+
+fn range_header(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+}
+
+/// 416 with the blob's size.
+fn unsatisfiable(total: u64) -> Response<Body> {
+    let mut r = oci_error(
+        StatusCode::RANGE_NOT_SATISFIABLE,
+        OciCode::SizeInvalid,
+        "requested range not satisfiable",
+    );
+    let v = HeaderValue::from_str(&format!("bytes */{total}")).expect("ASCII");
+    r.headers_mut().insert(header::CONTENT_RANGE, v);
+    r
+}
