@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod docker;
+pub mod fake_upstream;
 pub mod mirror;
 pub mod net;
 pub mod oci;
