@@ -62,6 +62,7 @@ pub struct CacheConfig {
     /// Directory of the content-addressed disk store (created if missing).
     pub dir: PathBuf,
     /// Memory tier budget: manifests, tag answers, auth decisions.
+    #[serde(serialize_with = "binary_size")]
     pub memory: ByteSize,
     /// How long a tag -> digest answer is trusted before a revalidating HEAD upstream.
     #[serde(with = "humantime_serde")]
@@ -71,6 +72,7 @@ pub struct CacheConfig {
     #[serde(with = "humantime_serde")]
     pub auth_ttl: Duration,
     /// Manifests above this size are refused (they are buffered in memory to verify).
+    #[serde(serialize_with = "binary_size")]
     pub max_manifest_size: ByteSize,
     /// When every client of an in-flight blob download has gone: finish it into the cache
     /// (true) or cancel it (false).
@@ -170,15 +172,41 @@ impl Default for LogConfig {
     }
 }
 
+/// Prints sizes in binary units ("256.0 MiB"), which parse back to the same value.
+fn binary_size<S: serde::Serializer>(v: &ByteSize, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&v.to_string_as(true))
+}
+
 /// A configuration that could not be loaded or makes no sense.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{0}")]
+    #[error("{}", describe(.0))]
     Load(Box<figment::Error>),
     #[error("config file {0} does not exist")]
     Missing(PathBuf),
     #[error("invalid config: {0}")]
     Invalid(String),
+}
+
+/// Every error figment found, each naming the key (without figment's profile) and its source.
+fn describe(e: &figment::Error) -> String {
+    let lines: Vec<String> = e
+        .clone()
+        .into_iter()
+        .map(|err| {
+            let key = err.path.iter().skip_while(|p| *p == "default").cloned().collect::<Vec<_>>().join(".");
+            let source = err
+                .metadata
+                .as_ref()
+                .map(|m| match &m.source {
+                    Some(src) => format!("{src}"),
+                    None => m.name.to_string(),
+                })
+                .unwrap_or_else(|| "built-in defaults".into());
+            format!("config key `{}`: {} (from {source})", key.to_ascii_lowercase(), err.kind)
+        })
+        .collect();
+    lines.join("\n")
 }
 
 impl Config {
