@@ -194,7 +194,13 @@ fn describe(e: &figment::Error) -> String {
         .clone()
         .into_iter()
         .map(|err| {
-            let key = err.path.iter().skip_while(|p| *p == "default").cloned().collect::<Vec<_>>().join(".");
+            let key = err
+                .path
+                .iter()
+                .skip_while(|p| *p == "default")
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(".");
             let source = err
                 .metadata
                 .as_ref()
@@ -203,7 +209,11 @@ fn describe(e: &figment::Error) -> String {
                     None => m.name.to_string(),
                 })
                 .unwrap_or_else(|| "built-in defaults".into());
-            format!("config key `{}`: {} (from {source})", key.to_ascii_lowercase(), err.kind)
+            format!(
+                "config key `{}`: {} (from {source})",
+                key.to_ascii_lowercase(),
+                err.kind
+            )
         })
         .collect();
     lines.join("\n")

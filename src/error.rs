@@ -90,6 +90,7 @@ pub fn to_response(err: &ProxyError) -> Response<Body> {
         E::ManifestInvalid(_) => (StatusCode::BAD_GATEWAY, OciCode::ManifestInvalid),
         E::DigestMismatch { .. } => (StatusCode::BAD_GATEWAY, OciCode::DigestInvalid),
         E::UpstreamStatus(s) => return upstream_status(s),
+        E::Shared(inner) => return to_response(inner),
         E::Upstream(UpstreamError::Timeout(_)) => {
             (StatusCode::GATEWAY_TIMEOUT, OciCode::Unavailable)
         }

@@ -3,12 +3,14 @@
 
 use std::sync::Arc;
 
+use futures_util::stream::{BoxStream, StreamExt};
 use http::{header, request::Parts, HeaderValue, Method, Response, StatusCode};
 use tokio_util::io::ReaderStream;
 
 use super::download::{self, Claim, Download, Leader, Phase};
 use super::manifest::content_length;
-use super::range::{self, RangeRequest};
+use super::multipart;
+use super::range::{self, ByteRange, RangeRequest};
 use super::respond::{self, CacheStatus};
 use super::transfer::Transfer;
 use super::{relay_status, Proxy, ProxyError, Requester, Target};
@@ -20,6 +22,8 @@ use crate::store::Spool;
 
 /// Bytes per chunk read from the store.
 const READ_CHUNK: usize = 256 * 1024;
+/// Most ranges answered as multipart; more get the whole blob (RFC 9110 allows ignoring Range).
+const MAX_PARTS: usize = 64;
 /// Times a request re-tries joining when the leader's upstream request was refused.
 const MAX_CLAIMS: usize = 4;
 
@@ -145,7 +149,7 @@ impl Proxy {
         Ok(self.serve_download(dl, parts, CacheStatus::Miss))
     }
 
-    /// Serves (a range of) a download in flight.
+    /// Serves a download in flight: whole, one range, or several (multipart).
     fn serve_download(
         &self,
         dl: Arc<Download>,
@@ -155,30 +159,16 @@ impl Proxy {
         tracing::Span::current().record("cache", cache.as_str());
         let digest = dl.digest.clone();
         let Some(total) = dl.progress().total else {
+            // Size unknown (chunked upstream): ranges cannot be resolved yet; send it all.
             let s = self.count_served(download::follow(dl, 0, None), cache);
             return respond::blob(body::stream(s), &digest, None, None, cache);
         };
-        match range::parse(range_header(parts), total) {
-            RangeRequest::Unsatisfiable => unsatisfiable(total),
-            RangeRequest::Ranges(r) if r.len() == 1 => {
-                let r = r[0];
-                let s = self.count_served(download::follow(dl, r.start, Some(r.end + 1)), cache);
-                respond::blob(
-                    body::stream(s),
-                    &digest,
-                    Some(r.len()),
-                    Some((r.start, r.end, total)),
-                    cache,
-                )
-            }
-            _ => {
-                let s = self.count_served(download::follow(dl, 0, None), cache);
-                respond::blob(body::stream(s), &digest, Some(total), None, cache)
-            }
-        }
+        let open =
+            move |r: ByteRange| download::follow(dl.clone(), r.start, Some(r.end + 1)).boxed();
+        self.ranged(parts, &digest, total, cache, open)
     }
 
-    /// Serves (a range of) a stored blob; `None` if it vanished meanwhile.
+    /// Serves a stored blob; `None` if it vanished meanwhile.
     async fn serve_stored(
         &self,
         d: &Digest,
@@ -186,34 +176,84 @@ impl Proxy {
         parts: &Parts,
     ) -> Result<Option<Response<Body>>, ProxyError> {
         tracing::Span::current().record("cache", "HIT");
-        Stats::add(&self.stats.hits, 1);
-        let (start, end, partial) = match range::parse(range_header(parts), size) {
-            RangeRequest::Unsatisfiable => return Ok(Some(unsatisfiable(size))),
-            RangeRequest::Ranges(r) if r.len() == 1 => (r[0].start, r[0].end + 1, true),
-            _ => (0, size, false),
-        };
-        let range = partial.then(|| (start, end - 1, size));
-        if parts.method == Method::HEAD {
-            return Ok(Some(respond::blob(
-                body::empty(),
-                d,
-                Some(end - start),
-                range,
-                CacheStatus::Hit,
-            )));
-        }
-        let Some(read) = self.store.open(d, start..end).await? else {
+        if parts.method != Method::HEAD && self.store.stat(d).await?.is_none() {
             return Ok(None);
+        }
+        Stats::add(&self.stats.hits, 1);
+        let (store, digest) = (self.store.clone(), d.clone());
+        let open = move |r: ByteRange| {
+            let (store, digest) = (store.clone(), digest.clone());
+            futures_util::stream::once(async move { store.open(&digest, r.start..r.end + 1).await })
+                .flat_map(move |opened| match opened {
+                    Ok(Some(read)) => ReaderStream::with_capacity(read.reader, READ_CHUNK).boxed(),
+                    Ok(None) => error_stream("cached blob vanished while being served".into()),
+                    Err(e) => error_stream(e.to_string()),
+                })
+                .boxed()
         };
-        let stream = ReaderStream::with_capacity(read.reader, READ_CHUNK);
-        let s = self.count_served(stream, CacheStatus::Hit);
-        Ok(Some(respond::blob(
-            body::stream(s),
-            d,
-            Some(end - start),
-            range,
-            CacheStatus::Hit,
-        )))
+        Ok(Some(self.ranged(parts, d, size, CacheStatus::Hit, open)))
+    }
+
+    /// The response for a blob of `total` bytes whose byte ranges `open` streams, honouring
+    /// `Range` (206, multipart for several ranges, 416 when unsatisfiable) and HEAD.
+    fn ranged<F>(
+        &self,
+        parts: &Parts,
+        d: &Digest,
+        total: u64,
+        cache: CacheStatus,
+        open: F,
+    ) -> Response<Body>
+    where
+        F: Fn(ByteRange) -> BoxStream<'static, Result<bytes::Bytes, std::io::Error>>
+            + Send
+            + 'static,
+    {
+        let head = parts.method == Method::HEAD;
+        let ranges = match range::parse(range_header(parts), total) {
+            RangeRequest::Unsatisfiable => return unsatisfiable(total),
+            RangeRequest::Ranges(r) if r.len() <= MAX_PARTS => Some(r),
+            _ => None,
+        };
+        match ranges {
+            Some(r) if r.len() == 1 => {
+                let r = r[0];
+                let b = if head {
+                    body::empty()
+                } else {
+                    body::stream(self.count_served(open(r), cache))
+                };
+                respond::blob(b, d, Some(r.len()), Some((r.start, r.end, total)), cache)
+            }
+            Some(r) => {
+                let len = multipart::content_length(&r, total);
+                let b = if head {
+                    body::empty()
+                } else {
+                    body::stream(self.count_served(multipart::body(r, total, open), cache))
+                };
+                let mut resp = respond::blob(b, d, Some(len), None, cache);
+                *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+                let ct = format!("multipart/byteranges; boundary={}", multipart::BOUNDARY);
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_str(&ct).expect("ASCII"),
+                );
+                resp
+            }
+            None => {
+                let whole = ByteRange {
+                    start: 0,
+                    end: total.saturating_sub(1),
+                };
+                let b = if head || total == 0 {
+                    body::empty()
+                } else {
+                    body::stream(self.count_served(open(whole), cache))
+                };
+                respond::blob(b, d, Some(total), None, cache)
+            }
+        }
     }
 
     /// Counts bytes sent (and bytes a joiner got without another upstream transfer).
@@ -225,7 +265,6 @@ impl Proxy {
     where
         S: futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + 'static,
     {
-        use futures_util::StreamExt;
         let stats = self.stats.clone();
         s.inspect(move |r| {
             if let Ok(b) = r {
@@ -236,6 +275,10 @@ impl Proxy {
             }
         })
     }
+}
+
+fn error_stream(why: String) -> BoxStream<'static, Result<bytes::Bytes, std::io::Error>> {
+    futures_util::stream::once(async move { Err(std::io::Error::other(why)) }).boxed()
 }
 
 fn range_header(parts: &Parts) -> Option<&str> {

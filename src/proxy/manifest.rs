@@ -21,7 +21,8 @@ use crate::store::Spool;
 use crate::upstream::Forward;
 
 /// A verified manifest ready to serve.
-struct Found {
+#[derive(Clone)]
+pub(super) struct Found {
     digest: Digest,
     entry: Arc<ManifestEntry>,
 }
@@ -37,7 +38,7 @@ impl Proxy {
         let accept = media::normalize_accept(&parts.headers);
         let (found, cache) = match reference {
             Reference::Tag(tag) => self.manifest_by_tag(t, tag, &accept, parts, who).await?,
-            Reference::Digest(d) => self.manifest_by_digest(t, d, &accept, parts, who).await?,
+            Reference::Digest(d) => self.manifest_by_digest(t, d, parts, who).await?,
         };
         if !media::accepts(&accept, &found.entry.media_type) {
             return Err(ProxyError::NotAcceptable(found.entry.media_type.clone()));
@@ -82,8 +83,29 @@ impl Proxy {
                 }
             }
         }
-        // Revalidate: a HEAD with the requester's credentials answers both "which digest"
-        // and "may this requester pull this repository".
+        // Concurrent revalidations with the same credentials share one upstream exchange
+        // (other credentials need their own answer from upstream: the auth gate).
+        let flight_key = (key.clone(), who.credential);
+        let work = || async {
+            self.revalidate_tag(t, tag, key, accept, parts, who)
+                .await
+                .map_err(Arc::new)
+        };
+        let (result, _joined) = self.tag_flights.run(flight_key, work).await;
+        result.map_err(ProxyError::Shared)
+    }
+
+    /// Asks upstream which digest `tag` names now (a HEAD with the requester's credentials
+    /// answers both that and "may this requester pull"), fetching the manifest if new.
+    async fn revalidate_tag(
+        &self,
+        t: &Target,
+        tag: &Tag,
+        key: TagKey,
+        accept: &str,
+        parts: &Parts,
+        who: &Requester,
+    ) -> Result<(Found, CacheStatus), ProxyError> {
         let fwd = forward_accept(who, parts);
         let head = t
             .upstream
@@ -93,18 +115,43 @@ impl Proxy {
             return Err(relay_status(head).await);
         }
         self.gate_record(t, who).await;
-        let upstream_digest = digest_header(head.headers());
-        if let Some(d) = &upstream_digest {
-            if let Some(found) = self.load_manifest(d).await? {
-                if media::accepts(accept, &found.entry.media_type) {
-                    self.remember_tag(t, key, &found).await;
-                    return Ok((found, CacheStatus::Hit));
+        let (found, cache) = match digest_header(head.headers()) {
+            Some(d) => match self.load_manifest(&d).await? {
+                Some(found) if media::accepts(accept, &found.entry.media_type) => {
+                    (found, CacheStatus::Hit)
                 }
-            }
-        }
-        let found = self.fetch_manifest(t, tag.as_str(), None, &fwd).await?;
+                _ => (self.fetch_shared(t, &d, &fwd).await?, CacheStatus::Miss),
+            },
+            // No digest in the HEAD answer (some registries): fetch by tag.
+            None => (
+                self.fetch_manifest(t, tag.as_str(), None, &fwd).await?,
+                CacheStatus::Miss,
+            ),
+        };
         self.remember_tag(t, key, &found).await;
-        Ok((found, CacheStatus::Miss))
+        Ok((found, cache))
+    }
+
+    /// Fetches a manifest by digest, sharing one upstream GET among concurrent callers (each
+    /// of them is already authorized for the repository by its own upstream answer).
+    async fn fetch_shared(
+        &self,
+        t: &Target,
+        d: &Digest,
+        fwd: &Forward,
+    ) -> Result<Found, ProxyError> {
+        let work = || async {
+            self.fetch_manifest(t, &d.to_string(), Some(d), fwd)
+                .await
+                .map_err(Arc::new)
+        };
+        let (result, _joined) = self.manifest_fetches.run(d.clone(), work).await;
+        let found = result.map_err(ProxyError::Shared)?;
+        // The flight recorded ownership for the leader's repository; add the joiner's.
+        let children = media::referenced_digests(&found.entry.bytes);
+        self.index
+            .add_owner(children.iter().chain([d]), &self.owner(t));
+        Ok(found)
     }
 
     async fn remember_tag(&self, t: &Target, key: TagKey, found: &Found) {
@@ -121,7 +168,6 @@ impl Proxy {
         &self,
         t: &Target,
         d: &Digest,
-        accept: &str,
         parts: &Parts,
         who: &Requester,
     ) -> Result<(Found, CacheStatus), ProxyError> {
@@ -138,12 +184,9 @@ impl Proxy {
                 self.gate_record(t, who).await;
                 self.index.add_owner([d], &self.owner(t));
             }
-            let _ = accept;
             return Ok((found, CacheStatus::Hit));
         }
-        let found = self
-            .fetch_manifest(t, &d.to_string(), Some(d), &fwd)
-            .await?;
+        let found = self.fetch_shared(t, d, &fwd).await?;
         self.gate_record(t, who).await;
         Ok((found, CacheStatus::Miss))
     }

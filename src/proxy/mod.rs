@@ -6,9 +6,11 @@
 
 mod blob;
 mod download;
+mod flight;
 mod gate;
 mod manifest;
 pub mod media;
+mod multipart;
 mod range;
 mod respond;
 mod route;
@@ -19,9 +21,9 @@ use std::sync::Arc;
 use http::{header, request::Parts, HeaderValue, Method, Response};
 
 use crate::body::Body;
-use crate::cache::{BlobIndex, Credential, Memory, Owner};
+use crate::cache::{BlobIndex, Credential, Memory, Owner, TagKey};
 use crate::config::Config;
-use crate::reference::ReferenceError;
+use crate::reference::{Digest, ReferenceError};
 use crate::stats::Stats;
 use crate::store::{BlobStore, FsStore, StoreError};
 use crate::upstream::{Forward, Upstream, UpstreamError, UpstreamStatus};
@@ -55,6 +57,9 @@ pub enum ProxyError {
     Upstream(#[from] UpstreamError),
     #[error("{0}")]
     Internal(String),
+    /// The error of a flight this request joined.
+    #[error("{0}")]
+    Shared(Arc<ProxyError>),
 }
 
 impl From<StoreError> for ProxyError {
@@ -108,6 +113,13 @@ pub struct Proxy {
     memory: Memory,
     index: Arc<BlobIndex>,
     downloads: download::Downloads,
+    /// Tag revalidations in flight, per tag, client kind and credential.
+    tag_flights: flight::Flights<
+        (TagKey, Credential),
+        Result<(manifest::Found, respond::CacheStatus), Arc<ProxyError>>,
+    >,
+    /// Manifest fetches by digest in flight.
+    manifest_fetches: flight::Flights<Digest, Result<manifest::Found, Arc<ProxyError>>>,
 }
 
 impl Proxy {
@@ -130,6 +142,8 @@ impl Proxy {
             memory: Memory::new(config.cache.memory.as_u64(), config.cache.auth_ttl),
             router: Router::new(upstreams),
             downloads: download::Downloads::default(),
+            tag_flights: flight::Flights::default(),
+            manifest_fetches: flight::Flights::default(),
             store,
             index,
             stats,
