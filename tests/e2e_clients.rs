@@ -63,31 +63,18 @@ async fn containerd_ns_query_routes_to_second_upstream() {
         &w.mirror.url(),
     );
     let reference = "reg2.test/mirrortest/hello:latest";
-    let pull = d.ctr(
-        "regmirror",
-        &["images", "pull", "--hosts-dir", hosts_dir.to_str().unwrap()]
-            .into_iter()
-            .chain([
-                "--snapshotter",
-                "native",
-                "--platform",
-                "linux/amd64",
-                reference,
-            ])
-            .collect::<Vec<_>>(),
-    );
+    // A fresh namespace: if dockerd shares a system containerd, nothing is there from before.
+    let ns = format!("regmirror-{}", std::process::id());
+    let pull = d.ctr_pull(&ns, &hosts_dir, reference);
     stdout(&pull, "ctr images pull");
 
-    let images = stdout(&d.ctr("regmirror", &["images", "ls"]), "ctr images ls");
+    let images = stdout(&d.ctr(&ns, &["images", "ls"]), "ctr images ls");
     let line = images
         .lines()
         .find(|l| l.starts_with(reference))
         .expect(&images);
     assert!(line.contains(&hello.manifest_digest), "{line}");
-    let content = stdout(
-        &d.ctr("regmirror", &["content", "ls", "-q"]),
-        "ctr content ls",
-    );
+    let content = stdout(&d.ctr(&ns, &["content", "ls", "-q"]), "ctr content ls");
     for blob in hello.blob_digests() {
         assert!(
             content.lines().any(|l| l == blob),

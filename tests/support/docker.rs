@@ -143,9 +143,15 @@ impl Dockerd {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// The socket of the containerd that dockerd started.
+    /// The socket of the containerd dockerd uses: the one it started under our exec root, or
+    /// (dockerd's own rule) the system's when one was already running.
     pub fn containerd_sock(&self) -> PathBuf {
-        self.exec_root.join("containerd/containerd.sock")
+        let managed = self.exec_root.join("containerd/containerd.sock");
+        if managed.exists() {
+            managed
+        } else {
+            PathBuf::from("/run/containerd/containerd.sock")
+        }
     }
 
     /// Runs `ctr -a <containerd socket> -n <namespace> args...`.
@@ -160,6 +166,26 @@ impl Dockerd {
             .stdin(Stdio::null())
             .output()
             .expect("run ctr")
+    }
+
+    /// `ctr images pull` of `reference` resolved through `hosts_dir` (see `write_hosts_dir`),
+    /// with the options that work here: the `native` snapshotter (no overlay mounts needed)
+    /// and linux/amd64 only.
+    pub fn ctr_pull(&self, namespace: &str, hosts_dir: &Path, reference: &str) -> Output {
+        let hosts_dir = hosts_dir.to_str().unwrap();
+        let args = [
+            "images",
+            "pull",
+            "--hosts-dir",
+            hosts_dir,
+            "--snapshotter",
+            "native",
+        ];
+        let args: Vec<&str> = args
+            .into_iter()
+            .chain(["--platform", "linux/amd64", reference])
+            .collect();
+        self.ctr(namespace, &args)
     }
 
     /// Sends SIGTERM (dockerd then stops its containerd), waiting up to `timeout`.
