@@ -21,6 +21,8 @@ use bytes::Bytes;
 use hyper::Method;
 use sha2::{Digest as _, Sha256};
 
+// Re-exported for the tests; test binaries that never touch a knob would warn without this.
+#[allow(unused_imports)]
 pub use knobs::{Fault, Knob};
 
 /// Media type of the image manifests built by [`FakeUpstream::add_image`].
