@@ -133,11 +133,10 @@ impl Drop for Registry {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            eprintln!(
-                "---- docker-registry log ({}) ----\n{}",
-                self.addr,
-                self.log()
-            );
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(150)..].join("\n");
+            eprintln!("---- docker-registry log tail ({}) ----\n{tail}", self.addr);
         }
     }
 }

@@ -1,5 +1,6 @@
-//! The token server's HTTP side: accept loop, `/token` handler, request parsing. It asks the
-//! policy and the signer in `super` and must not decide access itself.
+//! The token server's HTTP side: accept loop, `/token` handler, request parsing. It checks
+//! credentials against the user table, then leaves access to the policy and signing to the
+//! signer in `super`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
