@@ -104,6 +104,9 @@ impl Requester {
     }
 }
 
+/// The shared result of a tag revalidation.
+type TagAnswer = Result<(manifest::Found, respond::CacheStatus), Arc<ProxyError>>;
+
 /// Shared state of the mirror.
 pub struct Proxy {
     pub config: Config,
@@ -114,10 +117,7 @@ pub struct Proxy {
     index: Arc<BlobIndex>,
     downloads: download::Downloads,
     /// Tag revalidations in flight, per tag, client kind and credential.
-    tag_flights: flight::Flights<
-        (TagKey, Credential),
-        Result<(manifest::Found, respond::CacheStatus), Arc<ProxyError>>,
-    >,
+    tag_flights: flight::Flights<(TagKey, Credential), TagAnswer>,
     /// Manifest fetches by digest in flight.
     manifest_fetches: flight::Flights<Digest, Result<manifest::Found, Arc<ProxyError>>>,
 }
