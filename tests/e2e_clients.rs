@@ -1,7 +1,8 @@
 //! End to end with the two other ways clients reach a mirror: containerd (`ctr` with a
 //! hosts.toml, which adds `?ns=<registry host>`) and skopeo (a path-prefix mirror in
-//! registries.conf, `/v2/<alias>/<name>/...`). Two real registries without auth stand behind one
-//! mirror; the access logs show which one served what.
+//! registries.conf, `/v2/<alias>/<name>/...`). Two real registries stand behind one mirror: the
+//! default one with token auth like Docker Hub (anonymous pull allowed), the second without auth;
+//! the access logs show which one served what.
 
 mod support;
 
@@ -11,16 +12,25 @@ use support::docker::{write_hosts_dir, Dockerd};
 use support::mirror::{Mirror, UpstreamSpec};
 use support::oci::{self, SeedFormat, Seeded};
 use support::registry::{Registry, RegistryAuth};
+use support::tokens::TokenServer;
+
+/// Seeding credentials for the default (token-auth) registry.
+const ADMIN: Option<&str> = Some("admin:adminpw");
 
 /// `default` stands for Docker Hub; `second` is only reachable as `reg2.test`.
 struct World {
+    _tokens: TokenServer,
     default: Registry,
     second: Registry,
     mirror: Mirror,
 }
 
 fn world() -> World {
-    let default = Registry::start(RegistryAuth::None);
+    let tokens = TokenServer::builder()
+        .user("admin", "adminpw")
+        .grant("admin", "*", &["pull", "push"])
+        .start();
+    let default = Registry::start(RegistryAuth::Token(&tokens));
     let second = Registry::start(RegistryAuth::None);
     let aliases = ["docker.io", "registry-1.docker.io", "index.docker.io"];
     let mirror = Mirror::start(&[
@@ -28,6 +38,7 @@ fn world() -> World {
         UpstreamSpec::new("second", &second.url(), &["reg2.test"], false),
     ]);
     World {
+        _tokens: tokens,
         default,
         second,
         mirror,
@@ -155,14 +166,14 @@ async fn skopeo_path_prefix_mirror_copies_to_oci_layout() {
         &w.default,
         "mirrortest/hello",
         SeedFormat::Oci,
-        None,
+        ADMIN,
     );
     let multi = oci::seed(
         &oci::multi_platform_index(),
         &w.default,
         "mirrortest/multi",
         SeedFormat::Index,
-        None,
+        ADMIN,
     );
     let tmp = tempfile::tempdir().unwrap();
     let conf = registries_conf(tmp.path(), &w.mirror);
@@ -173,7 +184,9 @@ async fn skopeo_path_prefix_mirror_copies_to_oci_layout() {
         oci::skopeo_with(&args, Some(&conf))
     };
 
-    // --preserve-digests: the layout must hold exactly what the registry holds.
+    // --preserve-digests: the layout must hold exactly what the registry holds. skopeo first asks
+    // the realm for `repository:docker.io/mirrortest/...` (its name for the repository); the
+    // upstream refuses that token and skopeo retries with the scope the challenge names.
     for (repo, tag) in [("hello", "hello"), ("multi", "multi")] {
         let src = format!("docker://docker.io/mirrortest/{repo}:latest");
         copy(&["copy", "--all", "--preserve-digests", &src, &oci_ref(tag)]);
