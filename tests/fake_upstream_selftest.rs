@@ -123,6 +123,7 @@ async fn status_knob_applies_n_times_then_heals() {
     for _ in 0..2 {
         let resp = get(url.clone()).await;
         assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(header(&resp, "retry-after"), Some("1"));
         let body: serde_json::Value = resp.json().await.unwrap();
         assert_eq!(body["errors"][0]["code"], "TOOMANYREQUESTS");
     }

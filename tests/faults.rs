@@ -42,6 +42,7 @@ async fn rig() -> Rig {
 /// What a client got: the status, and the body or the error that ended it.
 struct Fetched {
     status: StatusCode,
+    retry_after: Option<String>,
     body: Result<Bytes, reqwest::Error>,
 }
 
@@ -66,8 +67,11 @@ impl Rig {
         let resp = self.http.get(format!("{}{path}", self.mirror.url())).send();
         let resp = resp.await.expect("mirror answers with headers");
         let status = resp.status();
+        let retry_after = resp.headers().get("retry-after");
+        let retry_after = retry_after.map(|v| v.to_str().unwrap_or("?").to_string());
         Fetched {
             status,
+            retry_after,
             body: resp.bytes().await,
         }
     }
@@ -276,6 +280,11 @@ async fn upstream_429_is_relayed_and_5xx_becomes_502() {
         let got = r.get(path).await;
         assert_eq!(got.status, StatusCode::TOO_MANY_REQUESTS, "{path}");
         assert_eq!(got.code(), "TOOMANYREQUESTS", "{path}");
+        assert_eq!(
+            got.retry_after.as_deref(),
+            Some("1"),
+            "{path}: Retry-After relayed"
+        );
     }
     for status in [500, 503] {
         r.fake.heal();

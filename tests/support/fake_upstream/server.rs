@@ -67,11 +67,7 @@ fn handle(state: &State, req: Request<Incoming>) -> Resp {
         Fault::Status(s) => Some(*s),
         _ => None,
     }) {
-        return error(
-            status,
-            code_for(status),
-            "fault injected by the fake upstream",
-        );
+        return injected(status);
     }
     if method != Method::GET && method != Method::HEAD {
         return error(405, "UNSUPPORTED", "the fake upstream is read-only");
@@ -198,6 +194,21 @@ fn finish(builder: Builder, data: Bytes, head: bool, faults: &[Fault]) -> Resp {
         builder
     };
     builder.body(shaped.body).unwrap()
+}
+
+/// The answer to a `Fault::Status` knob.
+fn injected(status: u16) -> Resp {
+    let mut resp = error(
+        status,
+        code_for(status),
+        "fault injected by the fake upstream",
+    );
+    if status == 429 {
+        // Rate-limiting registries say when to come back; a mirror should pass that on.
+        let retry = hyper::header::HeaderValue::from_static("1");
+        resp.headers_mut().insert(hyper::header::RETRY_AFTER, retry);
+    }
+    resp
 }
 
 fn code_for(status: u16) -> &'static str {
