@@ -42,6 +42,61 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     /// Connections served at once; more wait in the kernel's accept queue.
     pub max_connections: usize,
+    /// Client networks allowed to use the mirror (CIDRs); others get 403 DENIED.
+    pub allow: Vec<ipnet::IpNet>,
+    /// The URL clients reach the mirror at (`http://mirror.lan:5000`), used in rewritten token
+    /// realms; unset: taken from each request's Host and listener.
+    pub public_url: Option<String>,
+    /// A TLS listener beside the plain one.
+    pub tls: Option<TlsConfig>,
+    /// Credentials clients must present to the mirror itself (off when empty).
+    pub access: AccessConfig,
+}
+
+/// The TLS listener (rustls; HTTP/1.1 and HTTP/2 via ALPN; SIGHUP reloads the certificate).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Address of the TLS listener.
+    pub listen: SocketAddr,
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// Mirror access control for clients that can send credentials. When any is set, every /v2/
+/// request must carry one of them; they are consumed by the mirror, never forwarded upstream.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccessConfig {
+    /// Accepted access tokens (as `Bearer <token>`, or as the password of Basic auth).
+    #[serde(serialize_with = "redact_list")]
+    pub tokens: Vec<String>,
+    /// An htpasswd file of bcrypt users (`htpasswd -B`).
+    pub htpasswd: Option<PathBuf>,
+}
+
+impl AccessConfig {
+    pub fn enabled(&self) -> bool {
+        !self.tokens.is_empty() || self.htpasswd.is_some()
+    }
+}
+
+/// The default client allowlist: loopback and private ranges, the LAN a gateway serves.
+fn private_networks() -> Vec<ipnet::IpNet> {
+    [
+        "127.0.0.0/8",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "::1/128",
+        "fc00::/7",
+        "fe80::/10",
+    ]
+    .iter()
+    .map(|n| n.parse().expect("valid CIDR"))
+    .collect()
 }
 
 impl Default for ServerConfig {
@@ -51,6 +106,10 @@ impl Default for ServerConfig {
             shutdown_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(10),
             max_connections: 4096,
+            allow: private_networks(),
+            public_url: None,
+            tls: None,
+            access: AccessConfig::default(),
         }
     }
 }
@@ -115,6 +174,22 @@ pub struct UpstreamConfig {
     /// Longest silence inside an upstream body before the transfer counts as cut.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// Rewrite the realm of upstream auth challenges to the mirror's own token endpoint, so
+    /// clients need a route to the mirror only.
+    pub token_proxy: bool,
+    /// Upstream account the mirror authenticates with (bearer-token or Basic flow).
+    pub username: Option<String>,
+    /// Its password (prefer `password_file` or `password_env`).
+    #[serde(serialize_with = "redact")]
+    pub password: Option<String>,
+    /// File holding the password (trailing newline ignored).
+    pub password_file: Option<PathBuf>,
+    /// Environment variable holding the password.
+    pub password_env: Option<String>,
+    /// Extra PEM CA certificates trusted for this upstream.
+    pub ca_file: Option<PathBuf>,
+    /// Skip upstream certificate verification (labs only; logs a warning at start).
+    pub insecure_skip_verify: bool,
 }
 
 impl Default for UpstreamConfig {
@@ -127,6 +202,13 @@ impl Default for UpstreamConfig {
             connect_timeout: Duration::from_secs(10),
             response_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(60),
+            token_proxy: true,
+            username: None,
+            password: None,
+            password_file: None,
+            password_env: None,
+            ca_file: None,
+            insecure_skip_verify: false,
         }
     }
 }
@@ -144,6 +226,25 @@ impl UpstreamConfig {
             default: true,
             ..Default::default()
         }
+    }
+
+    /// The configured upstream password, resolved from `password`, `password_file` or
+    /// `password_env`.
+    pub fn resolve_password(&self) -> Result<Option<String>, String> {
+        if let Some(p) = &self.password {
+            return Ok(Some(p.clone()));
+        }
+        if let Some(f) = &self.password_file {
+            let s = std::fs::read_to_string(f)
+                .map_err(|e| format!("password_file {}: {e}", f.display()))?;
+            return Ok(Some(s.trim_end_matches(['\r', '\n']).to_owned()));
+        }
+        if let Some(v) = &self.password_env {
+            return std::env::var(v)
+                .map(Some)
+                .map_err(|_| format!("password_env: ${v} is not set"));
+        }
+        Ok(None)
     }
 
     /// Whether one-component names get `library/`.
@@ -170,6 +271,19 @@ impl Default for LogConfig {
             format: "text".into(),
         }
     }
+}
+
+/// Hides a secret in printed configs.
+fn redact<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_some("<redacted>"),
+        None => s.serialize_none(),
+    }
+}
+
+/// Hides a list of secrets in printed configs.
+fn redact_list<S: serde::Serializer>(v: &[String], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|_| "<redacted>"))
 }
 
 /// Prints sizes in binary units ("256.0 MiB"), which parse back to the same value.
@@ -277,6 +391,24 @@ impl Config {
                     ))
                 }
             }
+            let secrets = [
+                u.password.is_some(),
+                u.password_file.is_some(),
+                u.password_env.is_some(),
+            ];
+            if secrets.iter().filter(|s| **s).count() > 1 {
+                return bad(format!(
+                    "upstreams.{name}: set only one of password, password_file, password_env"
+                ));
+            }
+            if u.username.is_some() != secrets.iter().any(|s| *s) {
+                return bad(format!(
+                    "upstreams.{name}: username and a password go together"
+                ));
+            }
+            if let Err(e) = u.resolve_password() {
+                return bad(format!("upstreams.{name}.{e}"));
+            }
             for a in &u.aliases {
                 if a.is_empty() || a.contains('/') || a.chars().any(char::is_whitespace) {
                     return bad(format!(
@@ -295,6 +427,28 @@ impl Config {
         }
         if self.cache.max_manifest_size.as_u64() == 0 {
             return bad("cache.max_manifest_size must be positive".into());
+        }
+        if let Some(url) = &self.server.public_url {
+            if !(url.starts_with("http://") || url.starts_with("https://"))
+                || url.parse::<http::Uri>().is_err()
+            {
+                return bad(format!("server.public_url: `{url}` is not an http(s) URL"));
+            }
+        }
+        if let Some(h) = &self.server.access.htpasswd {
+            if !h.is_file() {
+                return bad(format!(
+                    "server.access.htpasswd: {} does not exist",
+                    h.display()
+                ));
+            }
+        }
+        if let Some(tls) = &self.server.tls {
+            for (k, p) in [("cert", &tls.cert), ("key", &tls.key)] {
+                if !p.is_file() {
+                    return bad(format!("server.tls.{k}: {} does not exist", p.display()));
+                }
+            }
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return bad(format!(

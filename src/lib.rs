@@ -31,14 +31,15 @@ use std::sync::Arc;
 
 pub use config::Config;
 
-/// Runs the mirror on `listener` until `shutdown` resolves, then drains in-flight requests.
-/// Tests call this with a `127.0.0.1:0` listener and a config built in code.
+/// Runs the mirror on `listeners` until `shutdown` resolves, then drains in-flight requests.
+/// Tests call this with `127.0.0.1:0` listeners and a config built in code.
 pub async fn run(
     config: Config,
-    listener: tokio::net::TcpListener,
+    listeners: server::Listeners,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), store::StoreError> {
+) -> Result<(), proxy::ProxyInitError> {
     let proxy = Arc::new(proxy::Proxy::new(config).await?);
-    server::serve(proxy, listener, shutdown).await;
-    Ok(())
+    server::serve(proxy, listeners, shutdown)
+        .await
+        .map_err(proxy::ProxyInitError::Setup)
 }

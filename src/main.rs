@@ -62,11 +62,25 @@ fn real_main() -> anyhow::Result<()> {
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(cfg.server.listen)
+    let plain = tokio::net::TcpListener::bind(cfg.server.listen)
         .await
         .with_context(|| format!("binding {}", cfg.server.listen))?;
-    tracing::info!(addr = %listener.local_addr()?, upstreams = ?cfg.upstreams.keys().collect::<Vec<_>>(), "regmirror listening");
-    regmirror::run(cfg, listener, shutdown_signal()).await?;
+    let tls = match &cfg.server.tls {
+        Some(t) => Some(
+            tokio::net::TcpListener::bind(t.listen)
+                .await
+                .with_context(|| format!("binding the TLS listener {}", t.listen))?,
+        ),
+        None => None,
+    };
+    tracing::info!(
+        addr = %plain.local_addr()?,
+        tls = ?tls.as_ref().and_then(|l| l.local_addr().ok()),
+        upstreams = ?cfg.upstreams.keys().collect::<Vec<_>>(),
+        "regmirror listening"
+    );
+    let listeners = regmirror::server::Listeners { plain, tls };
+    regmirror::run(cfg, listeners, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -14,6 +14,7 @@ mod multipart;
 mod range;
 mod respond;
 mod route;
+pub mod token;
 mod transfer;
 
 use std::sync::Arc;
@@ -68,6 +69,23 @@ impl From<StoreError> for ProxyError {
     }
 }
 
+/// What the server knows of a request's connection (in the request's extensions).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: std::net::SocketAddr,
+    /// Arrived on the TLS listener.
+    pub tls: bool,
+}
+
+/// Why the mirror could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyInitError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Setup(String),
+}
+
 /// The requester, as far as the auth gate and upstream forwarding are concerned.
 #[derive(Clone)]
 pub struct Requester {
@@ -116,6 +134,8 @@ pub struct Proxy {
     memory: Memory,
     index: Arc<BlobIndex>,
     downloads: download::Downloads,
+    /// Token realms learned from upstream challenges.
+    realms: token::Realms,
     /// Tag revalidations in flight, per tag, client kind and credential.
     tag_flights: flight::Flights<(TagKey, Credential), TagAnswer>,
     /// Manifest fetches by digest in flight.
@@ -124,7 +144,7 @@ pub struct Proxy {
 
 impl Proxy {
     /// Opens the store, scans it, and sets up the upstream clients.
-    pub async fn new(config: Config) -> Result<Proxy, StoreError> {
+    pub async fn new(config: Config) -> Result<Proxy, ProxyInitError> {
         let store: Arc<dyn BlobStore> = Arc::new(FsStore::open(&config.cache.dir)?);
         let scanned = store.list().await?;
         let index = Arc::new(BlobIndex::from_scan(scanned));
@@ -135,14 +155,16 @@ impl Proxy {
         let upstreams = config
             .upstreams
             .iter()
-            .map(|(name, u)| Arc::new(Upstream::new(name, u)))
-            .collect();
+            .map(|(name, u)| Upstream::new(name, u).map(Arc::new))
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(ProxyInitError::Setup)?;
         tracing::info!(blobs = n, bytes, dir = %config.cache.dir.display(), "cache opened");
         Ok(Proxy {
             memory: Memory::new(config.cache.memory.as_u64(), config.cache.auth_ttl),
             router: Router::new(upstreams),
             downloads: download::Downloads::default(),
             tag_flights: flight::Flights::default(),
+            realms: token::Realms::default(),
             manifest_fetches: flight::Flights::default(),
             store,
             index,
@@ -159,21 +181,48 @@ impl Proxy {
         }
         let ns = query_param(parts.uri.query(), "ns");
         let who = Requester::from_parts(parts);
-        match self.router.route(parts.uri.path(), ns.as_deref())? {
+        let routed = self.router.route(parts.uri.path(), ns.as_deref())?;
+        let up = match &routed {
+            Routed::Base(up) => up.clone(),
+            Routed::Repo(t) => t.upstream.clone(),
+        };
+        let result = match routed {
             Routed::Base(up) => self.base(&up, parts, &who).await,
-            Routed::Repo(t) => {
-                let span = tracing::Span::current();
-                span.record("upstream", t.upstream.name.as_str());
-                span.record("repo", t.repo.as_str());
-                match &t.endpoint {
-                    Endpoint::Manifest(r) => self.manifest(&t, r, parts, &who).await,
-                    Endpoint::Blob(d) => {
-                        span.record("digest", tracing::field::display(d));
-                        self.blob(&t, d, parts, &who).await
-                    }
-                    Endpoint::TagsList => self.tags_list(&t, parts, &who).await,
-                }
+            Routed::Repo(t) => self.repo(&t, parts, &who).await,
+        };
+        result.map_err(|e| match e {
+            ProxyError::UpstreamStatus(mut s) => {
+                self.rewrite_challenge(&up, parts, &mut s);
+                ProxyError::UpstreamStatus(s)
             }
+            ProxyError::Shared(inner) => match &*inner {
+                ProxyError::UpstreamStatus(s) => {
+                    let mut s = s.clone();
+                    self.rewrite_challenge(&up, parts, &mut s);
+                    ProxyError::UpstreamStatus(s)
+                }
+                _ => ProxyError::Shared(inner),
+            },
+            other => other,
+        })
+    }
+
+    async fn repo(
+        &self,
+        t: &Target,
+        parts: &Parts,
+        who: &Requester,
+    ) -> Result<Response<Body>, ProxyError> {
+        let span = tracing::Span::current();
+        span.record("upstream", t.upstream.name.as_str());
+        span.record("repo", t.repo.as_str());
+        match &t.endpoint {
+            Endpoint::Manifest(r) => self.manifest(t, r, parts, who).await,
+            Endpoint::Blob(d) => {
+                span.record("digest", tracing::field::display(d));
+                self.blob(t, d, parts, who).await
+            }
+            Endpoint::TagsList => self.tags_list(t, parts, who).await,
         }
     }
 

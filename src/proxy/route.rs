@@ -46,6 +46,11 @@ impl Router {
         Router { upstreams, default }
     }
 
+    /// The upstream with this config name.
+    pub fn by_name(&self, name: &str) -> Option<Arc<Upstream>> {
+        self.upstreams.iter().find(|u| u.name == name).cloned()
+    }
+
     fn by_alias(&self, host: &str) -> Option<&Arc<Upstream>> {
         self.upstreams.iter().find(|u| {
             u.config
@@ -119,15 +124,18 @@ mod tests {
     use crate::config::UpstreamConfig;
 
     fn router() -> Router {
-        let hub = Arc::new(Upstream::new("docker", &UpstreamConfig::docker_hub()));
-        let ghcr = Arc::new(Upstream::new(
-            "ghcr",
-            &UpstreamConfig {
-                url: "https://ghcr.io".into(),
-                aliases: vec!["ghcr.io".into()],
-                ..Default::default()
-            },
-        ));
+        let hub = Arc::new(Upstream::new("docker", &UpstreamConfig::docker_hub()).unwrap());
+        let ghcr = Arc::new(
+            Upstream::new(
+                "ghcr",
+                &UpstreamConfig {
+                    url: "https://ghcr.io".into(),
+                    aliases: vec!["ghcr.io".into()],
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+        );
         Router::new(vec![hub, ghcr])
     }
 

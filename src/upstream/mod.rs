@@ -5,13 +5,15 @@
 //! requester's `Authorization` when the redirect leaves the registry's host. It knows nothing
 //! of caching or of our clients' responses.
 
+mod auth;
+pub mod challenge;
 mod tls;
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -20,7 +22,10 @@ use hyper_util::rt::TokioExecutor;
 use crate::config::UpstreamConfig;
 use crate::reference::{Digest, RepoName};
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
+use auth::MirrorAuth;
+use challenge::Challenge;
+
+type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// Most redirects followed for one request.
 const MAX_REDIRECTS: usize = 5;
@@ -60,6 +65,8 @@ pub struct Upstream {
     /// `scheme://authority` plus any base path, without a trailing slash.
     base: String,
     client: HttpsClient,
+    /// The mirror's own credentials, when configured.
+    auth: Option<MirrorAuth>,
 }
 
 /// What to send with a request on a client's behalf.
@@ -74,13 +81,14 @@ pub struct Forward {
 }
 
 impl Upstream {
-    pub fn new(name: &str, config: &UpstreamConfig) -> Upstream {
+    /// Builds the client; fails on unreadable CA files or password sources.
+    pub fn new(name: &str, config: &UpstreamConfig) -> Result<Upstream, String> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(config.connect_timeout));
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config((*tls::client_config()).clone())
+            .with_tls_config(tls::client_config(name, config)?)
             .https_or_http()
             .enable_http1()
             .enable_http2()
@@ -88,12 +96,22 @@ impl Upstream {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .build(https);
-        Upstream {
+        let auth = match (&config.username, config.resolve_password()?) {
+            (Some(user), Some(password)) => Some(MirrorAuth::new(user, &password)),
+            _ => None,
+        };
+        Ok(Upstream {
             name: name.to_owned(),
             config: config.clone(),
             base: config.url.trim_end_matches('/').to_owned(),
             client,
-        }
+            auth,
+        })
+    }
+
+    /// Whether requests without client credentials use the mirror's configured identity.
+    pub fn has_credentials(&self) -> bool {
+        self.auth.is_some()
     }
 
     /// `GET|HEAD /v2/`.
@@ -102,7 +120,7 @@ impl Upstream {
         method: Method,
         fwd: &Forward,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        self.send(method, "/v2/".to_owned(), fwd).await
+        self.send(method, "/v2/".to_owned(), fwd, "").await
     }
 
     /// `GET|HEAD /v2/<repo>/manifests/<reference>`.
@@ -113,8 +131,13 @@ impl Upstream {
         reference: &str,
         fwd: &Forward,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        self.send(method, format!("/v2/{repo}/manifests/{reference}"), fwd)
-            .await
+        self.send(
+            method,
+            format!("/v2/{repo}/manifests/{reference}"),
+            fwd,
+            &pull_scope(repo),
+        )
+        .await
     }
 
     /// `GET|HEAD /v2/<repo>/blobs/<digest>`, following redirects.
@@ -125,8 +148,13 @@ impl Upstream {
         digest: &Digest,
         fwd: &Forward,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        self.send(method, format!("/v2/{repo}/blobs/{digest}"), fwd)
-            .await
+        self.send(
+            method,
+            format!("/v2/{repo}/blobs/{digest}"),
+            fwd,
+            &pull_scope(repo),
+        )
+        .await
     }
 
     /// `GET /v2/<repo>/tags/list` with the client's (already validated) query.
@@ -137,17 +165,122 @@ impl Upstream {
         fwd: &Forward,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let q = query.map(|q| format!("?{q}")).unwrap_or_default();
-        self.send(Method::GET, format!("/v2/{repo}/tags/list{q}"), fwd)
-            .await
+        self.send(
+            Method::GET,
+            format!("/v2/{repo}/tags/list{q}"),
+            fwd,
+            &pull_scope(repo),
+        )
+        .await
     }
 
+    /// Sends a request; without client credentials and with configured ones, answers the
+    /// upstream's challenge with the mirror's identity and retries once.
     async fn send(
         &self,
         method: Method,
         path: String,
         fwd: &Forward,
+        scope: &str,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let mut uri: Uri = format!("{}{}", self.base, path)
+        let Some(auth) = self.auth.as_ref().filter(|_| fwd.authorization.is_none()) else {
+            return self.send_once(method, &path, fwd).await;
+        };
+        let mut fwd = fwd.clone();
+        fwd.authorization = auth.cached(scope);
+        let resp = self.send_once(method.clone(), &path, &fwd).await?;
+        if resp.status() != StatusCode::UNAUTHORIZED {
+            return Ok(resp);
+        }
+        let Some(ch) = resp
+            .headers()
+            .get(header::WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(Challenge::parse)
+        else {
+            return Ok(resp);
+        };
+        fwd.authorization = Some(if ch.is_basic() {
+            auth.use_basic();
+            auth.basic()
+        } else if ch.is_bearer() {
+            self.fetch_token(auth, &ch, scope).await?
+        } else {
+            return Ok(resp);
+        });
+        self.send_once(method, &path, &fwd).await
+    }
+
+    /// Gets a token for `scope` from the challenge's realm with the mirror's credentials.
+    async fn fetch_token(
+        &self,
+        auth: &MirrorAuth,
+        ch: &Challenge,
+        scope: &str,
+    ) -> Result<HeaderValue, UpstreamError> {
+        let realm = ch
+            .param("realm")
+            .ok_or_else(|| UpstreamError::Protocol("Bearer challenge without realm".into()))?;
+        let scope = ch.param("scope").unwrap_or(scope);
+        let mut query = Vec::new();
+        if let Some(service) = ch.param("service") {
+            query.push(format!("service={}", encode(service)));
+        }
+        if !scope.is_empty() {
+            query.push(format!("scope={}", encode(scope)));
+        }
+        let sep = if realm.contains('?') { '&' } else { '?' };
+        let uri: Uri = format!("{realm}{sep}{}", query.join("&"))
+            .parse()
+            .map_err(|e| UpstreamError::Protocol(format!("bad token realm: {e}")))?;
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, auth.basic());
+        let resp = self.raw(Method::GET, uri, headers, Bytes::new()).await?;
+        if !resp.status().is_success() {
+            tracing::warn!(upstream = %self.name, status = %resp.status(), "the token server refused the configured credentials");
+            return Err(UpstreamError::Protocol(format!(
+                "token server answered {}",
+                resp.status()
+            )));
+        }
+        let body = read_small(resp).await?;
+        auth.store_token(scope, &body)
+            .map_err(UpstreamError::Protocol)
+    }
+
+    /// One request to an arbitrary URL (token realms), with the given headers and body.
+    pub async fn raw(
+        &self,
+        method: Method,
+        uri: Uri,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Full::new(body))
+            .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+        *req.headers_mut() = headers;
+        req.headers_mut().insert(header::USER_AGENT, user_agent());
+        match tokio::time::timeout(self.config.response_timeout, self.client.request(req)).await {
+            Err(_) => Err(UpstreamError::Timeout(format!(
+                "no response from {}'s token server",
+                self.name
+            ))),
+            Ok(Err(e)) => Err(UpstreamError::Connect(self.name.clone(), error_chain(&e))),
+            Ok(Ok(r)) => Ok(r),
+        }
+    }
+
+    /// One request to the registry, following redirects.
+    async fn send_once(
+        &self,
+        method: Method,
+        path: &str,
+        fwd: &Forward,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let mut uri: Uri = format!("{}{path}", self.base)
             .parse()
             .map_err(|e| UpstreamError::Protocol(format!("bad upstream URL: {e}")))?;
         let origin = uri.authority().cloned();
@@ -189,13 +322,10 @@ impl Upstream {
         uri: &Uri,
         fwd: &Forward,
         same_host: bool,
-    ) -> Result<Request<Empty<Bytes>>, UpstreamError> {
+    ) -> Result<Request<Full<Bytes>>, UpstreamError> {
         let mut b = Request::builder().method(method.clone()).uri(uri.clone());
         let h = b.headers_mut().expect("fresh builder");
-        h.insert(
-            header::USER_AGENT,
-            HeaderValue::from_static(concat!("regmirror/", env!("CARGO_PKG_VERSION"))),
-        );
+        h.insert(header::USER_AGENT, user_agent());
         if let (Some(a), true) = (&fwd.authorization, same_host) {
             h.insert(header::AUTHORIZATION, a.clone());
         }
@@ -205,8 +335,40 @@ impl Upstream {
         if let Some(r) = &fwd.range {
             h.insert(header::RANGE, r.clone());
         }
-        b.body(Empty::new())
+        b.body(Full::new(Bytes::new()))
             .map_err(|e| UpstreamError::Protocol(e.to_string()))
+    }
+}
+
+fn user_agent() -> HeaderValue {
+    HeaderValue::from_static(concat!("regmirror/", env!("CARGO_PKG_VERSION")))
+}
+
+/// The token scope for pulling `repo`.
+fn pull_scope(repo: &RepoName) -> String {
+    format!("repository:{repo}:pull")
+}
+
+/// Percent-encodes a query value.
+fn encode(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~:/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Reads a small response body (token answers), capped.
+pub async fn read_small(resp: Response<Incoming>) -> Result<Bytes, UpstreamError> {
+    let limited = http_body_util::Limited::new(resp.into_body(), MAX_ERROR_BODY);
+    match tokio::time::timeout(Duration::from_secs(30), limited.collect()).await {
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(Err(e)) => Err(UpstreamError::Body(e.to_string())),
+        Err(_) => Err(UpstreamError::Timeout("reading a small body".into())),
     }
 }
 
