@@ -207,6 +207,9 @@ async fn invalid_digests_are_400_digest_invalid() {
         format!("sha256:{}", "g".repeat(64)),
         format!("sha512:{hex}"),
         format!("sha256:{}/../{}", &hex[..32], &hex[32..]),
+        format!("sha256:{hex}/"),
+        format!("sha256:{hex}%00"),
+        format!("sha256:{hex}%2f"),
     ];
     for digest in &digests {
         let blob = format!("/v2/team/app/blobs/{digest}");
@@ -276,6 +279,18 @@ async fn unknown_namespaces_are_refused_without_dialing() {
     }
     let prefixed = format!("/v2/{}/team/app/manifests/v1", rogue.addr());
     r.expect(Method::GET, &prefixed, None, &[]).await;
+    // A configured alias in the path does not make an unknown `ns` acceptable.
+    let both = "/v2/fake.test/team/app/manifests/v1?ns=evil.example";
+    r.expect(Method::GET, both, None, &[]).await;
+    let long = format!("/v2/team/app/manifests/v1?ns={}", "a".repeat(5000));
+    r.expect(Method::GET, &long, None, &[]).await;
+    r.expect(
+        Method::HEAD,
+        "/v2/team/app/manifests/v1?ns=evil.example",
+        None,
+        &[],
+    )
+    .await;
     assert_eq!(
         rogue.requests(),
         0,

@@ -22,6 +22,11 @@ pub enum Fault {
     Corrupt,
     /// Send headers with the full `Content-Length`, then half the body, then drop the connection.
     CutHalfway,
+    /// Send headers and half the body, then fall silent with the connection open until the
+    /// peer gives up: what an idle timeout is for.
+    StallHalfway,
+    /// Wait this long before sending the response headers: what a response timeout is for.
+    DelayHeaders(Duration),
     /// Send the body in small chunks at about this many bytes per second.
     Throttle { bytes_per_sec: u64 },
     /// Omit `Content-Length` and send the body chunked, as some registries and CDNs do.
@@ -32,7 +37,7 @@ pub enum Fault {
 
 impl Fault {
     fn needs_body(&self) -> bool {
-        !matches!(self, Fault::Status(_))
+        !matches!(self, Fault::Status(_) | Fault::DelayHeaders(_))
     }
 }
 
@@ -133,6 +138,15 @@ pub(super) struct Shaped {
     pub declare_length: bool,
 }
 
+/// How long to hold the response headers back, if a `DelayHeaders` knob applies.
+pub(super) fn header_delay(faults: &[Fault]) -> Duration {
+    let delays = faults.iter().filter_map(|f| match f {
+        Fault::DelayHeaders(d) => Some(*d),
+        _ => None,
+    });
+    delays.max().unwrap_or_default()
+}
+
 /// Applies body faults to `data`, whose intact length is what the headers will declare.
 pub(super) fn shape(mut data: Bytes, faults: &[Fault]) -> Shaped {
     if faults.contains(&Fault::Corrupt) && !data.is_empty() {
@@ -141,13 +155,19 @@ pub(super) fn shape(mut data: Bytes, faults: &[Fault]) -> Shaped {
         bytes[mid] ^= 0xff;
         data = Bytes::from(bytes);
     }
-    let cut = faults.contains(&Fault::CutHalfway);
+    let cut = if faults.contains(&Fault::CutHalfway) {
+        Some(Halfway::Cut)
+    } else if faults.contains(&Fault::StallHalfway) {
+        Some(Halfway::Stall)
+    } else {
+        None
+    };
     let rate = faults.iter().find_map(|f| match f {
         Fault::Throttle { bytes_per_sec } => Some((*bytes_per_sec).max(1)),
         _ => None,
     });
     let declare_length = !faults.contains(&Fault::Chunked);
-    let body = if cut || rate.is_some() || !declare_length {
+    let body = if cut.is_some() || rate.is_some() || !declare_length {
         paced(data, rate, cut)
     } else {
         Full::new(data).map_err(|never| match never {}).boxed()
@@ -158,16 +178,28 @@ pub(super) fn shape(mut data: Bytes, faults: &[Fault]) -> Shaped {
     }
 }
 
+/// What happens after the first half of a body.
+#[derive(Clone, Copy)]
+enum Halfway {
+    /// An error, which makes hyper drop the connection short of the declared length.
+    Cut,
+    /// Nothing at all, until the peer hangs up.
+    Stall,
+}
+
 /// Streams `data` from a task: at `rate` bytes/s in ~50 ms chunks if given (else 16 KiB chunks
-/// as fast as the peer reads), and, if `cut`, only the first half followed by an error, which
-/// makes hyper drop the connection short of the declared length.
-fn paced(data: Bytes, rate: Option<u64>, cut: bool) -> BoxBody<Bytes, io::Error> {
+/// as fast as the peer reads), and, if `halfway` is set, only the first half.
+fn paced(data: Bytes, rate: Option<u64>, halfway: Option<Halfway>) -> BoxBody<Bytes, io::Error> {
     let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Frame<Bytes>>>(4);
     let chunk = rate.map_or(16 * 1024, |r| (r / 20).max(1) as usize);
     let delay = rate.map_or(Duration::ZERO, |r| {
         Duration::from_secs_f64(chunk as f64 / r as f64)
     });
-    let end = if cut { data.len() / 2 } else { data.len() };
+    let end = if halfway.is_some() {
+        data.len() / 2
+    } else {
+        data.len()
+    };
     tokio::spawn(async move {
         let mut off = 0;
         while off < end {
@@ -184,11 +216,15 @@ fn paced(data: Bytes, rate: Option<u64>, cut: bool) -> BoxBody<Bytes, io::Error>
                 tokio::time::sleep(delay).await;
             }
         }
-        if cut {
-            // Give hyper time to flush the half we sent, so the peer really sees a partial body.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            let cut = io::Error::new(io::ErrorKind::ConnectionAborted, "fake upstream: cut");
-            let _ = tx.send(Err(cut)).await;
+        match halfway {
+            Some(Halfway::Cut) => {
+                // Give hyper time to flush the half we sent, so the peer sees a partial body.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let cut = io::Error::new(io::ErrorKind::ConnectionAborted, "fake upstream: cut");
+                let _ = tx.send(Err(cut)).await;
+            }
+            Some(Halfway::Stall) => tx.closed().await,
+            None => {}
         }
     });
     let frames = futures_util::stream::unfold(rx, |mut rx| async move {

@@ -5,6 +5,7 @@
 use std::convert::Infallible;
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
@@ -17,7 +18,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 
-use super::knobs::{shape, take_faults, Fault};
+use super::knobs::{header_delay, shape, take_faults, Fault};
 use super::{Kind, Seen, State};
 
 type Resp = Response<BoxBody<Bytes, io::Error>>;
@@ -31,8 +32,11 @@ pub(super) async fn accept_loop(listener: tokio::net::TcpListener, state: Arc<St
         let state = state.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let resp = handle(&state, req);
-                async move { Ok::<_, Infallible>(resp) }
+                let (resp, delay) = handle(&state, req);
+                async move {
+                    tokio::time::sleep(delay).await;
+                    Ok::<_, Infallible>(resp)
+                }
             });
             // Errors here are mostly our own cut-halfway knob or the mirror hanging up: expected.
             let _ = auto::Builder::new(TokioExecutor::new())
@@ -42,46 +46,49 @@ pub(super) async fn accept_loop(listener: tokio::net::TcpListener, state: Arc<St
     }
 }
 
-fn handle(state: &State, req: Request<Incoming>) -> Resp {
-    let method = req.method().clone();
+/// The response, and how long to hold it back (`DelayHeaders`).
+fn handle(state: &State, req: Request<Incoming>) -> (Resp, Duration) {
     let (kind, name, reference) = route(req.uri().path());
-    let range = req
-        .headers()
-        .get(RANGE)
-        .and_then(|v| v.to_str().ok())
-        .map(String::from);
-    state.seen.lock().unwrap().push(Seen {
-        method: method.clone(),
+    let seen = Seen {
+        method: req.method().clone(),
         kind,
-        name: name.clone(),
-        reference: reference.clone(),
-        path: req
-            .uri()
-            .path_and_query()
-            .map_or("", |p| p.as_str())
-            .to_string(),
-        range: range.clone(),
-    });
-    let faults = take_faults(&mut state.knobs.lock().unwrap(), &method, kind, &reference);
+        name,
+        reference,
+        path: req.uri().path_and_query().map_or("", |p| p.as_str()).into(),
+        range: req
+            .headers()
+            .get(RANGE)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from),
+    };
+    state.seen.lock().unwrap().push(seen.clone());
+    let mut knobs = state.knobs.lock().unwrap();
+    let faults = take_faults(&mut knobs, &seen.method, kind, &seen.reference);
+    drop(knobs);
+    (respond(state, &seen, &faults), header_delay(&faults))
+}
+
+fn respond(state: &State, req: &Seen, faults: &[Fault]) -> Resp {
     if let Some(status) = faults.iter().find_map(|f| match f {
         Fault::Status(s) => Some(*s),
         _ => None,
     }) {
         return injected(status);
     }
-    if method != Method::GET && method != Method::HEAD {
+    if req.method != Method::GET && req.method != Method::HEAD {
         return error(405, "UNSUPPORTED", "the fake upstream is read-only");
     }
-    let head = method == Method::HEAD;
-    match kind {
+    let head = req.method == Method::HEAD;
+    let (name, reference) = (req.name.as_str(), req.reference.as_str());
+    match req.kind {
         Kind::Base => Response::builder()
             .header("Docker-Distribution-API-Version", "registry/2.0")
             .header(CONTENT_TYPE, "application/json")
             .body(full(Bytes::from_static(b"{}")))
             .unwrap(),
-        Kind::Manifest => manifest(state, &name, &reference, head, &faults),
-        Kind::Blob => blob(state, &reference, range.as_deref(), head, &faults),
-        Kind::Tags => tags(state, &name),
+        Kind::Manifest => manifest(state, name, reference, head, faults),
+        Kind::Blob => blob(state, reference, req.range.as_deref(), head, faults),
+        Kind::Tags => tags(state, name),
         Kind::Other => error(404, "NOT_FOUND", "no such route"),
     }
 }
