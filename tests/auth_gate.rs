@@ -131,8 +131,14 @@ async fn token_via_challenge(w: &World, path: &str, basic: Option<(&str, &str)>)
         "unauthenticated {path}"
     );
     let challenge = parse_challenge(&got.challenge.expect("WWW-Authenticate on 401"));
-    // Pass-through: the challenge names the upstream's token server unchanged.
-    assert_eq!(challenge["realm"], w.tokens.realm());
+    // The realm is the upstream's token server, or the mirror's token proxy in front of it.
+    let realm = &challenge["realm"];
+    let known = [w.tokens.realm(), w.mirror.url()];
+    assert!(
+        known.iter().any(|k| realm.starts_with(k.as_str())),
+        "realm {realm}"
+    );
+    let asked_before = w.tokens.requests().len();
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     let mut req = client.get(&challenge["realm"]).query(&[
         ("service", challenge["service"].as_str()),
@@ -147,6 +153,12 @@ async fn token_via_challenge(w: &World, path: &str, basic: Option<(&str, &str)>)
         "token request: {}",
         resp.status()
     );
+    // The upstream's token server issued it, to the user whose credentials we sent.
+    let asked = w.tokens.requests();
+    let last = asked[asked_before..]
+        .last()
+        .expect("token server not asked");
+    assert_eq!(last.user.as_deref(), basic.map(|(user, _)| user));
     let json: serde_json::Value = resp.json().await.unwrap();
     json["token"].as_str().unwrap().to_string()
 }

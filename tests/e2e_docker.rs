@@ -2,8 +2,9 @@
 //! token-auth distribution registry standing in for Docker Hub.
 //!
 //! dockerd talks to the mirror exactly as to Docker Hub's mirror: plain `/v2/<name>/...`, tokens
-//! fetched from the realm the (passed-through) challenge names. The upstream registry's access
-//! log tells whether a pull was served from the cache.
+//! fetched from the realm the relayed challenge names (the upstream's token server, directly or
+//! through the mirror's token proxy). The upstream registry's access log tells whether a pull was
+//! served from the cache.
 
 mod support;
 
