@@ -208,3 +208,26 @@ async fn lying_manifests_can_be_stored() {
     );
     assert_eq!(resp.bytes().await.unwrap().as_ref(), b"{}");
 }
+
+#[tokio::test]
+async fn delay_holds_headers_and_stall_goes_silent_halfway() {
+    let fake = FakeUpstream::start().await;
+    let img = fake.add_image("team/app", "v1", 1, 64 * 1024);
+    let delay = Duration::from_millis(300);
+    fake.push_knob(Knob::new(Fault::DelayHeaders(delay)).manifests().once());
+    let start = Instant::now();
+    let resp = get(format!("{}/v2/team/app/manifests/v1", fake.url())).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(start.elapsed() >= delay);
+
+    fake.push_knob(Knob::new(Fault::StallHalfway).blobs());
+    let (digest, _) = &img.layers[0];
+    let resp = get(format!("{}/v2/team/app/blobs/{digest}", fake.url())).await;
+    let mut stream = resp.bytes_stream();
+    let mut received = 0;
+    let wait = Duration::from_millis(500);
+    while let Ok(Some(chunk)) = tokio::time::timeout(wait, stream.next()).await {
+        received += chunk.unwrap().len();
+    }
+    assert_eq!(received, 32 * 1024, "half arrives, then silence");
+}

@@ -22,11 +22,18 @@ struct Rig {
 }
 
 async fn rig() -> Rig {
+    rig_with("").await
+}
+
+/// A rig whose upstream table gets the `upstream_extra` TOML lines (timeouts).
+async fn rig_with(upstream_extra: &str) -> Rig {
     let fake = FakeUpstream::start().await;
     // Layers big enough to take several chunks, so a mirror that streams has sent bytes
     // before it can know the digest is wrong.
     let img = fake.add_image("team/app", "v1", 2, 256 * 1024);
-    let mirror = Mirror::start(&[UpstreamSpec::new("fake", &fake.url(), &["fake.test"], true)]);
+    let mut spec = UpstreamSpec::new("fake", &fake.url(), &["fake.test"], true);
+    spec.extra = upstream_extra.into();
+    let mirror = Mirror::start(&[spec]);
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -137,7 +144,11 @@ fn assert_failed(got: &Fetched, what: &str) {
 /// Pulls a layer while `faults` are on (expecting an error and nothing cached), heals, pulls
 /// again (expecting the right bytes, fetched upstream), then proves the blob is now cached.
 async fn blob_fault_then_heal(faults: &[Fault]) {
-    let r = rig().await;
+    blob_fault_then_heal_with(faults, "").await;
+}
+
+async fn blob_fault_then_heal_with(faults: &[Fault], upstream_extra: &str) {
+    let r = rig_with(upstream_extra).await;
     let (digest, bytes) = &r.img.layers[0];
     for fault in faults {
         r.fake.push_knob(Knob::new(fault.clone()).blobs());
@@ -190,6 +201,37 @@ async fn corrupted_chunked_blob_is_an_error_and_not_cached() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_blob_cut_halfway_is_an_error_and_not_cached() {
     blob_fault_then_heal(&[Fault::CutHalfway, Fault::Chunked]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blob_stalled_halfway_is_an_error_and_not_cached() {
+    blob_fault_then_heal_with(&[Fault::StallHalfway], "idle_timeout = \"1s\"").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_slower_than_response_timeout_is_504() {
+    let r = rig_with("response_timeout = \"1s\"").await;
+    let blob = format!("/v2/team/app/blobs/{}", r.img.layers[1].0);
+    let paths = ["/v2/team/app/manifests/v1", blob.as_str()];
+    r.fake
+        .push_knob(Knob::new(Fault::DelayHeaders(Duration::from_secs(20))));
+    for path in paths {
+        let start = Instant::now();
+        let got = r.get(path).await;
+        assert_eq!(got.status, StatusCode::GATEWAY_TIMEOUT, "{path}");
+        got.code();
+        let took = start.elapsed();
+        assert!(took < Duration::from_secs(10), "{path}: 504 after {took:?}");
+    }
+    r.assert_nothing_cached().await;
+    r.fake.heal();
+    for path in paths {
+        assert_eq!(
+            r.get(path).await.status,
+            StatusCode::OK,
+            "{path} after healing"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

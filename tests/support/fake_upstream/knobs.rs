@@ -104,9 +104,9 @@ impl Knob {
 
     fn applies(&self, method: &Method, kind: Kind, reference: &str) -> bool {
         self.remaining != Some(0)
-            && self.kind.map_or(true, |k| k == kind)
-            && self.reference.as_deref().map_or(true, |r| r == reference)
-            && self.method.as_ref().map_or(true, |m| m == method)
+            && self.kind.is_none_or(|k| k == kind)
+            && self.reference.as_deref().is_none_or(|r| r == reference)
+            && self.method.as_ref().is_none_or(|m| m == method)
             && (!self.fault.needs_body() || *method == Method::GET)
     }
 }
