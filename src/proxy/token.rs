@@ -100,7 +100,8 @@ impl Proxy {
             Some(r) => r,
             None => self.discover_realm(&up).await?,
         };
-        let uri = match parts.uri.query() {
+        let query = parts.uri.query().map(|q| self.upstream_scopes(&up, q));
+        let uri = match query {
             Some(q) => format!("{realm}{}{q}", if realm.contains('?') { '&' } else { '?' }),
             None => realm,
         };
@@ -126,6 +127,20 @@ impl Proxy {
         Ok(r)
     }
 
+    /// Rewrites `scope=repository:<name>:<actions>` parameters from the names clients use
+    /// (`docker.io/team/app` behind a path-prefix mirror, `alpine` for Docker Hub) to the
+    /// upstream's own (`team/app`, `library/alpine`), so the first token already fits.
+    fn upstream_scopes(&self, up: &Upstream, query: &str) -> String {
+        query
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some(("scope", v)) => format!("scope={}", rewrite_scope(up, &percent_decode(v))),
+                _ => kv.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("&")
+    }
+
     /// Learns an upstream's realm from its `/v2/` challenge.
     async fn discover_realm(&self, up: &Upstream) -> Result<String, ProxyError> {
         let resp = up.ping(Method::GET, &Forward::default()).await?;
@@ -140,5 +155,112 @@ impl Proxy {
             .ok_or(ProxyError::NotFound)?;
         self.realms.learn(&up.name, &realm);
         Ok(realm)
+    }
+}
+
+/// One scope, with the repository name as the upstream knows it (percent-encoded again).
+fn rewrite_scope(up: &Upstream, scope: &str) -> String {
+    let mapped = scope
+        .split(' ')
+        .map(|one| {
+            let mut it = one.splitn(3, ':');
+            match (it.next(), it.next(), it.next()) {
+                (Some("repository"), Some(name), Some(actions)) => {
+                    format!("repository:{}:{actions}", upstream_name(up, name))
+                }
+                _ => one.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    mapped
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z'
+            | b'A'..=b'Z'
+            | b'0'..=b'9'
+            | b'-'
+            | b'.'
+            | b'_'
+            | b'~'
+            | b':'
+            | b'/'
+            | b',' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A client-side repository name as the upstream names it.
+fn upstream_name(up: &Upstream, name: &str) -> String {
+    let name = match name.split_once('/') {
+        Some((first, rest))
+            if up
+                .config
+                .aliases
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(first)) =>
+        {
+            rest
+        }
+        _ => name,
+    };
+    if !name.contains('/') && up.config.wants_library_prefix() {
+        format!("library/{name}")
+    } else {
+        name.to_owned()
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let decoded = match b[i] {
+            b'%' if i + 2 < b.len() => hex(b[i + 1]).zip(hex(b[i + 2])).map(|(h, l)| h << 4 | l),
+            _ => None,
+        };
+        match (decoded, b[i]) {
+            (Some(v), _) => {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+            (None, b'+') => out.push(b' '),
+            (None, c) => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::UpstreamConfig;
+
+    #[test]
+    fn scopes_use_upstream_names() {
+        let up = Upstream::new("docker", &UpstreamConfig::docker_hub()).unwrap();
+        assert_eq!(
+            rewrite_scope(&up, "repository:docker.io/team/app:pull"),
+            "repository:team/app:pull"
+        );
+        assert_eq!(
+            rewrite_scope(&up, "repository:alpine:pull,push"),
+            "repository:library/alpine:pull,push"
+        );
+        assert_eq!(
+            rewrite_scope(&up, "repository:a/b:pull repository:c/d:pull"),
+            "repository:a/b:pull%20repository:c/d:pull"
+        );
+        assert_eq!(
+            percent_decode("repository%3Aa%2Fb%3Apull"),
+            "repository:a/b:pull"
+        );
+        assert_eq!(percent_decode("a%2"), "a%2");
+        assert_eq!(percent_decode("%zz+é"), "%zz é");
     }
 }

@@ -151,10 +151,14 @@ mod tests {
             format!("alice:{}\n", bcrypt::hash("wonderland", 4).unwrap()),
         )
         .unwrap();
-        let mut cfg = ServerConfig::default();
-        cfg.allow = vec!["10.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];
-        cfg.access.tokens = vec!["s3cret-token".into()];
-        cfg.access.htpasswd = Some(ht);
+        let cfg = ServerConfig {
+            allow: vec!["10.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
+            access: crate::config::AccessConfig {
+                tokens: vec!["s3cret-token".into()],
+                htpasswd: Some(ht),
+            },
+            ..ServerConfig::default()
+        };
         let a = Access::new(&cfg).unwrap();
         assert!(a.allows_ip("10.1.2.3".parse().unwrap()));
         assert!(a.allows_ip("::ffff:10.1.2.3".parse().unwrap()));
