@@ -155,7 +155,7 @@ pub(super) fn shape(mut data: Bytes, faults: &[Fault]) -> Shaped {
         bytes[mid] ^= 0xff;
         data = Bytes::from(bytes);
     }
-    let cut = if faults.contains(&Fault::CutHalfway) {
+    let halfway = if faults.contains(&Fault::CutHalfway) {
         Some(Halfway::Cut)
     } else if faults.contains(&Fault::StallHalfway) {
         Some(Halfway::Stall)
@@ -167,8 +167,8 @@ pub(super) fn shape(mut data: Bytes, faults: &[Fault]) -> Shaped {
         _ => None,
     });
     let declare_length = !faults.contains(&Fault::Chunked);
-    let body = if cut.is_some() || rate.is_some() || !declare_length {
-        paced(data, rate, cut)
+    let body = if halfway.is_some() || rate.is_some() || !declare_length {
+        paced(data, rate, halfway)
     } else {
         Full::new(data).map_err(|never| match never {}).boxed()
     };
