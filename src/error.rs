@@ -86,7 +86,7 @@ pub fn to_response(err: &ProxyError) -> Response<Body> {
         E::NotFound => (StatusCode::NOT_FOUND, OciCode::Unsupported),
         E::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, OciCode::Unsupported),
         E::NotAcceptable(_) => (StatusCode::NOT_FOUND, OciCode::ManifestUnknown),
-        E::ManifestTooLarge { .. } => (StatusCode::BAD_GATEWAY, OciCode::SizeInvalid),
+        E::ManifestTooLarge { .. } => (StatusCode::BAD_GATEWAY, OciCode::ManifestInvalid),
         E::ManifestInvalid(_) => (StatusCode::BAD_GATEWAY, OciCode::ManifestInvalid),
         E::DigestMismatch { .. } => (StatusCode::BAD_GATEWAY, OciCode::DigestInvalid),
         E::UpstreamStatus(s) => return upstream_status(s),
