@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use futures_util::stream::{BoxStream, StreamExt};
 use http::{header, request::Parts, HeaderValue, Method, Response, StatusCode};
-use tokio_util::io::ReaderStream;
 
 use super::download::{self, Claim, Download, Leader, Phase};
 use super::manifest::content_length;
@@ -20,8 +19,6 @@ use crate::reference::Digest;
 use crate::stats::Stats;
 use crate::store::Spool;
 
-/// Bytes per chunk read from the store.
-const READ_CHUNK: usize = 256 * 1024;
 /// Most ranges answered as multipart; more get the whole blob (RFC 9110 allows ignoring Range).
 const MAX_PARTS: usize = 64;
 /// Times a request re-tries joining when the leader's upstream request was refused.
@@ -185,7 +182,7 @@ impl Proxy {
             let (store, digest) = (store.clone(), digest.clone());
             futures_util::stream::once(async move { store.open(&digest, r.start..r.end + 1).await })
                 .flat_map(move |opened| match opened {
-                    Ok(Some(read)) => ReaderStream::with_capacity(read.reader, READ_CHUNK).boxed(),
+                    Ok(Some(read)) => read.stream,
                     Ok(None) => error_stream("cached blob vanished while being served".into()),
                     Err(e) => error_stream(e.to_string()),
                 })

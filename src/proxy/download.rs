@@ -7,7 +7,6 @@
 //! transfer always ends their responses with an error, never a clean end of body.
 
 use std::collections::HashMap;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -18,7 +17,7 @@ use tokio::sync::watch;
 use crate::reference::Digest;
 
 /// Bytes read from a spool per chunk sent to a client.
-const CHUNK: u64 = 256 * 1024;
+const CHUNK: u64 = crate::store::READ_CHUNK;
 
 /// Where a download stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -229,11 +228,5 @@ async fn read_at(
     n: u64,
 ) -> Result<Bytes, std::io::Error> {
     let file = file.ok_or_else(|| std::io::Error::other("spool not open"))?;
-    tokio::task::spawn_blocking(move || {
-        let mut buf = vec![0u8; n as usize];
-        file.read_exact_at(&mut buf, pos)?;
-        Ok(Bytes::from(buf))
-    })
-    .await
-    .map_err(std::io::Error::other)?
+    crate::store::read_chunk(file, pos, n).await
 }

@@ -2,14 +2,13 @@
 //! `<dir>/tmp`. Publishing is a rename on one file system, so readers see whole blobs only,
 //! and a kill -9 at any point leaves either nothing or a complete, verified file.
 
-use std::io::SeekFrom;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::{BlobRead, BlobStore, StoreError, StoredBlob, Verified};
 use crate::reference::{Algorithm, Digest};
@@ -110,19 +109,24 @@ impl BlobStore for FsStore {
         async move {
             let p = self.path(digest);
             let err = |e| StoreError::io(p.display(), e);
-            let Some(mut file) = not_found_is_none(tokio::fs::File::open(&p).await).map_err(err)?
-            else {
+            let opened = tokio::task::spawn_blocking({
+                let p = p.clone();
+                move || {
+                    let f = std::fs::File::open(&p)?;
+                    let len = f.metadata()?.len();
+                    Ok::<_, std::io::Error>((f, len))
+                }
+            })
+            .await
+            .map_err(|e| err(std::io::Error::other(e)))?;
+            let Some((file, size)) = not_found_is_none(opened).map_err(err)? else {
                 return Ok(None);
             };
-            let size = file.metadata().await.map_err(err)?.len();
             let start = range.start.min(size);
             let end = range.end.min(size).max(start);
-            if start > 0 {
-                file.seek(SeekFrom::Start(start)).await.map_err(err)?;
-            }
             Ok(Some(BlobRead {
                 size,
-                reader: Box::pin(file.take(end - start)),
+                stream: super::file_stream(Arc::new(file), start..end),
             }))
         }
         .boxed()
@@ -202,9 +206,13 @@ mod tests {
             .unwrap();
         store.publish(v).await.unwrap();
         assert_eq!(store.stat(&d).await.unwrap(), Some(10));
-        let mut r = store.open(&d, 2..5).await.unwrap().unwrap();
-        let mut buf = Vec::new();
-        r.reader.read_to_end(&mut buf).await.unwrap();
+        let r = store.open(&d, 2..5).await.unwrap().unwrap();
+        use futures_util::StreamExt;
+        let chunks: Vec<_> = r.stream.collect().await;
+        let buf: Vec<u8> = chunks
+            .into_iter()
+            .flat_map(|c| c.unwrap().to_vec())
+            .collect();
         assert_eq!((r.size, buf.as_slice()), (10, &b"234"[..]));
         assert_eq!(store.list().await.unwrap().len(), 1);
         assert!(store.remove(&d).await.unwrap());

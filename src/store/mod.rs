@@ -10,10 +10,11 @@ mod spool;
 
 use std::ops::Range;
 use std::path::Path;
-use std::pin::Pin;
+use std::sync::Arc;
 
+use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use tokio::io::AsyncRead;
+use futures_util::stream::BoxStream;
 
 use crate::reference::Digest;
 
@@ -44,8 +45,40 @@ impl StoreError {
 pub struct BlobRead {
     /// Size of the whole blob.
     pub size: u64,
-    /// The requested range's bytes.
-    pub reader: Pin<Box<dyn AsyncRead + Send + Sync>>,
+    /// The requested range's bytes, in chunks.
+    pub stream: BoxStream<'static, std::io::Result<Bytes>>,
+}
+
+/// Bytes per chunk read from a file.
+pub const READ_CHUNK: u64 = 512 * 1024;
+
+/// Reads `n` bytes at `pos` with `pread` on the blocking pool (the file may be renamed or
+/// unlinked meanwhile: the handle stays valid).
+pub async fn read_chunk(file: Arc<std::fs::File>, pos: u64, n: u64) -> std::io::Result<Bytes> {
+    tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; n as usize];
+        file.read_exact_at(&mut buf, pos)?;
+        Ok(Bytes::from(buf))
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// Streams `range` of a file that holds at least `range.end` bytes, one chunk read ahead of
+/// the one being sent.
+pub fn file_stream(
+    file: Arc<std::fs::File>,
+    range: Range<u64>,
+) -> BoxStream<'static, std::io::Result<Bytes>> {
+    use futures_util::StreamExt;
+    let offsets = (range.start..range.end)
+        .step_by(READ_CHUNK as usize)
+        .map(move |pos| (pos, READ_CHUNK.min(range.end - pos)));
+    futures_util::stream::iter(offsets)
+        .map(move |(pos, n)| read_chunk(file.clone(), pos, n))
+        .buffered(2)
+        .boxed()
 }
 
 /// One stored blob, as listed at start-up.
