@@ -1,4 +1,5 @@
-//! Runs the real `regmirror` binary with a generated config on a free loopback port.
+//! Runs the real `regmirror` binary with a generated config on a free loopback port (and, with
+//! [`MirrorOptions::tls`], a TLS listener on a second one).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -31,9 +32,26 @@ impl UpstreamSpec {
     }
 }
 
+/// Everything beyond the upstreams that a test may add to the mirror's config.
+#[derive(Clone, Debug, Default)]
+pub struct MirrorOptions {
+    /// TOML lines inside `[cache]`.
+    pub cache: String,
+    /// TOML lines inside `[server]` (`allow = [...]`, `header_read_timeout = "1s"`...).
+    pub server: String,
+    /// Whole tables appended after the upstreams (`[server.access]`...).
+    pub tables: String,
+    /// `(cert, key)` PEM files: adds `[server.tls]` on a free port, see [`Mirror::tls_addr`].
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Environment variables for the mirror process (e.g. for `password_env`).
+    pub env: Vec<(String, String)>,
+}
+
 /// A running mirror process; SIGTERM then kill on drop.
 pub struct Mirror {
     pub addr: SocketAddr,
+    /// The TLS listener, when [`MirrorOptions::tls`] was given.
+    pub tls_addr: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
     pub cache_dir: PathBuf,
     pub log_path: PathBuf,
@@ -50,13 +68,24 @@ impl Mirror {
 
     /// Like `start`, with extra TOML lines inside the `[cache]` table.
     pub fn start_with(upstreams: &[UpstreamSpec], cache_extra: &str) -> Mirror {
+        let options = MirrorOptions {
+            cache: cache_extra.into(),
+            ..MirrorOptions::default()
+        };
+        Self::launch(upstreams, &options)
+    }
+
+    /// Like `start`, with everything in `options` added to the config.
+    pub fn launch(upstreams: &[UpstreamSpec], options: &MirrorOptions) -> Mirror {
         let dir = tempfile::tempdir().unwrap();
         let cache_dir = dir.path().join("cache");
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let mut cfg = format!(
-            "[server]\nlisten = \"{addr}\"\nshutdown_timeout = \"5s\"\n\n[cache]\ndir = \"{}\"\n{cache_extra}\n\n",
-            cache_dir.display()
+            "[server]\nlisten = \"{addr}\"\nshutdown_timeout = \"5s\"\n{}\n\n[cache]\ndir = \"{}\"\n{}\n\n",
+            options.server,
+            cache_dir.display(),
+            options.cache
         );
         for u in upstreams {
             let aliases: Vec<String> = u.aliases.iter().map(|a| format!("\"{a}\"")).collect();
@@ -69,6 +98,16 @@ impl Mirror {
                 u.extra
             ));
         }
+        let tls_addr = options.tls.as_ref().map(|(cert, key)| {
+            let tls_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            cfg.push_str(&format!(
+                "[server.tls]\nlisten = \"{tls_addr}\"\ncert = \"{}\"\nkey = \"{}\"\n\n",
+                cert.display(),
+                key.display()
+            ));
+            tls_addr
+        });
+        cfg.push_str(&options.tables);
         let cfg_path = dir.path().join("mirror.toml");
         std::fs::File::create(&cfg_path)
             .unwrap()
@@ -82,14 +121,19 @@ impl Mirror {
             .arg(&cfg_path)
             .env("RUST_LOG", "regmirror=debug,info")
             .env_remove("REGMIRROR_SERVER__LISTEN")
+            .envs(options.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("spawn regmirror");
         wait_for_port(addr, Duration::from_secs(20));
+        if let Some(a) = tls_addr {
+            wait_for_port(a, Duration::from_secs(20));
+        }
         Mirror {
             addr,
+            tls_addr,
             dir,
             cache_dir,
             log_path,
@@ -100,6 +144,41 @@ impl Mirror {
     /// `http://127.0.0.1:PORT`
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// `https://127.0.0.1:TLSPORT`; panics without a TLS listener.
+    pub fn tls_url(&self) -> String {
+        format!(
+            "https://{}",
+            self.tls_addr.expect("mirror started without TLS")
+        )
+    }
+
+    /// The process id (to send it signals, e.g. SIGHUP to reload the TLS certificate).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (a `kill` name such as `HUP`) to the mirror process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {}", self.pid());
+    }
+
+    /// Waits until the log holds `needle` at least `count` times; panics after `timeout`.
+    pub fn wait_for_log(&self, needle: &str, count: usize, timeout: Duration) {
+        let start = std::time::Instant::now();
+        while self.log().matches(needle).count() < count {
+            assert!(
+                start.elapsed() < timeout,
+                "`{needle}` not logged {count} time(s) within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The mirror's log so far (for assertions and for debugging failed tests).

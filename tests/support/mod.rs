@@ -4,10 +4,12 @@
 //! Every integration test file does `mod support;`; not every file uses every helper.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod docker;
 pub mod fake_upstream;
 pub mod mirror;
 pub mod net;
 pub mod oci;
+pub mod redirector;
 pub mod registry;
 pub mod tokens;

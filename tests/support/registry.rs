@@ -1,5 +1,6 @@
 //! Runs the real distribution registry (Debian's `docker-registry`, 2.8) on a free loopback port,
-//! with filesystem storage in a temp dir and either token auth (against a `TokenServer`) or none.
+//! with filesystem storage in a temp dir and token auth (against a `TokenServer`), Basic auth
+//! (an htpasswd file of bcrypt users, re-read by the registry whenever it changes) or none.
 //!
 //! It also reads the registry's access log (Apache combined lines, written to the same file as its
 //! structured log), so tests can count which blobs the mirror fetched upstream. It must not
@@ -19,6 +20,24 @@ pub enum RegistryAuth<'a> {
     None,
     /// `auth: token` with the given server as realm and its certificate as root bundle.
     Token(&'a TokenServer),
+    /// `auth: htpasswd` with realm [`BASIC_REALM`] over `file` (see [`write_htpasswd`]): every
+    /// user in the file may pull and push everything; nobody else may do anything.
+    Htpasswd(&'a std::path::Path),
+}
+
+/// The realm of the registry's Basic challenge with [`RegistryAuth::Htpasswd`].
+pub const BASIC_REALM: &str = "regmirror-basic-realm";
+
+/// Writes an htpasswd file of bcrypt entries for `users` (user, password), replacing any
+/// previous content; the registry notices the new modification time on its next request.
+pub fn write_htpasswd(file: &std::path::Path, users: &[(&str, &str)]) {
+    let lines: String = users
+        .iter()
+        .map(|(u, p)| format!("{u}:{}\n", bcrypt::hash(p, 4).unwrap()))
+        .collect();
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, lines).unwrap();
+    std::fs::rename(&tmp, file).unwrap();
 }
 
 /// One access-log line: `"METHOD PATH HTTP/1.1" STATUS`.
@@ -160,6 +179,10 @@ fn config_yaml(storage: &std::path::Path, addr: SocketAddr, auth: &RegistryAuth)
             "auth:\n  token:\n    realm: \"{}\"\n    service: \"{SERVICE}\"\n    issuer: \"{ISSUER}\"\n    rootcertbundle: \"{}\"\n",
             tokens.realm(),
             tokens.root_cert_path().display()
+        ),
+        RegistryAuth::Htpasswd(file) => format!(
+            "auth:\n  htpasswd:\n    realm: \"{BASIC_REALM}\"\n    path: \"{}\"\n",
+            file.display()
         ),
     };
     // A fixed secret silences the multi-instance upload warning; delete lets tests remove tags.

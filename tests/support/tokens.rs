@@ -61,6 +61,39 @@ pub struct TokenRequest {
     /// The decoded `scope` parameters, in order.
     pub scopes: Vec<String>,
     pub status: u16,
+    /// The `User-Agent` header: `regmirror/<version>` on requests the mirror's token proxy
+    /// forwarded, something else on requests a client sent directly.
+    pub user_agent: Option<String>,
+    /// Where the request came from.
+    pub peer: SocketAddr,
+    /// The token issued (`None` on errors), so tests can check nobody logged it.
+    pub issued: Option<String>,
+}
+
+impl TokenRequest {
+    /// Whether the mirror sent this request (its forwarded token requests carry its User-Agent).
+    pub fn sent_by_mirror(&self) -> bool {
+        self.user_agent
+            .as_deref()
+            .is_some_and(|ua| ua.starts_with("regmirror/"))
+    }
+
+    /// One line for assertion messages: who asked for what, without the token.
+    pub fn brief(&self) -> String {
+        format!(
+            "{} {} ua={:?} user={:?} scopes={:?} -> {}",
+            self.method, self.path, self.user_agent, self.user, self.scopes, self.status
+        )
+    }
+}
+
+/// `brief()` of each request, one per line.
+pub fn briefs(requests: &[TokenRequest]) -> String {
+    requests
+        .iter()
+        .map(TokenRequest::brief)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Who may do what: anonymous pull on everything not private, plus explicit grants.

@@ -3,6 +3,7 @@
 //! signer in `super`.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -29,16 +30,16 @@ pub(super) fn serve(
         let listener = tokio::net::TcpListener::from_std(listener).unwrap();
         tokio::pin!(stopped);
         loop {
-            let tcp = tokio::select! {
+            let (tcp, peer) = tokio::select! {
                 _ = &mut stopped => break,
                 accepted = listener.accept() => match accepted {
-                    Ok((tcp, _)) => tcp,
+                    Ok(accepted) => accepted,
                     Err(_) => continue,
                 },
             };
             let state = state.clone();
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| handle(state.clone(), req));
+                let svc = hyper::service::service_fn(move |req| handle(state.clone(), peer, req));
                 let io = hyper_util::rt::TokioIo::new(tcp);
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(io, svc)
@@ -52,9 +53,14 @@ type Reply = Response<Full<Bytes>>;
 
 async fn handle(
     state: Arc<State>,
+    peer: SocketAddr,
     req: Request<hyper::body::Incoming>,
 ) -> Result<Reply, Infallible> {
     let method = req.method().to_string();
+    let user_agent = req
+        .headers()
+        .get(hyper::header::USER_AGENT)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
     let basic = req
@@ -77,7 +83,7 @@ async fn handle(
         .flat_map(|(_, v)| v.split(' ').map(str::to_string).collect::<Vec<_>>())
         .filter(|s| !s.is_empty())
         .collect();
-    let (status, user, reply) = answer(&state, &path, creds, &scopes);
+    let (status, user, issued, reply) = answer(&state, &path, creds, &scopes);
     state.requests.lock().unwrap().push(TokenRequest {
         method,
         path,
@@ -85,23 +91,23 @@ async fn handle(
         user,
         scopes,
         status,
+        user_agent,
+        peer,
+        issued,
     });
     Ok(reply)
 }
 
-/// Authenticates and issues; returns (status, authenticated user, response).
+/// Authenticates and issues; returns (status, authenticated user, issued token, response).
 fn answer(
     state: &State,
     path: &str,
     creds: Option<(String, String)>,
     scopes: &[String],
-) -> (u16, Option<String>, Reply) {
+) -> (u16, Option<String>, Option<String>, Reply) {
     if path != "/token" {
-        return (
-            404,
-            None,
-            json_reply(404, serde_json::json!({"details": "not found"})),
-        );
+        let body = serde_json::json!({"details": "not found"});
+        return (404, None, None, json_reply(404, body));
     }
     let policy = state.policy.lock().unwrap();
     let user = match creds {
@@ -109,7 +115,7 @@ fn answer(
         Some((u, p)) if policy.users.get(&u) == Some(&p) => Some(u),
         Some(_) => {
             let body = serde_json::json!({"details": "incorrect username or password"});
-            return (401, None, json_reply(401, body));
+            return (401, None, None, json_reply(401, body));
         }
     };
     let access: Vec<Access> = scopes
@@ -124,7 +130,7 @@ fn answer(
         "expires_in": TTL_SECS,
         "issued_at": rfc3339_now(),
     });
-    (200, user, json_reply(200, body))
+    (200, user, Some(token), json_reply(200, body))
 }
 
 fn json_reply(status: u16, body: serde_json::Value) -> Reply {
