@@ -141,9 +141,12 @@ impl Proxy {
             downloads: self.downloads.clone(),
             finish_abandoned: self.config.cache.finish_abandoned_downloads,
         };
+        // The leader's stream exists before the transfer starts, so an abandoned-download
+        // check never sees zero readers while the leader is still there.
+        let resp = self.serve_download(dl, parts, CacheStatus::Miss);
         tokio::spawn(transfer.run());
         Stats::add(&self.stats.misses, 1);
-        Ok(self.serve_download(dl, parts, CacheStatus::Miss))
+        Ok(resp)
     }
 
     /// Serves a download in flight: whole, one range, or several (multipart).
