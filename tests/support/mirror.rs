@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::net::{free_port, wait_for_port};
+use super::net::free_port;
 
 /// One upstream section of the mirror's config.
 #[derive(Clone, Debug)]
@@ -127,17 +127,32 @@ impl Mirror {
             .stderr(log)
             .spawn()
             .expect("spawn regmirror");
-        wait_for_port(addr, Duration::from_secs(20));
-        if let Some(a) = tls_addr {
-            wait_for_port(a, Duration::from_secs(20));
-        }
-        Mirror {
+        let mut mirror = Mirror {
             addr,
             tls_addr,
             dir,
             cache_dir,
             log_path,
             child,
+        };
+        mirror.wait_listening();
+        mirror
+    }
+
+    /// Waits for the listeners; fails fast (the log is printed on drop) if the process exits.
+    fn wait_listening(&mut self) {
+        let start = std::time::Instant::now();
+        for addr in std::iter::once(self.addr).chain(self.tls_addr) {
+            while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+                if let Ok(Some(status)) = self.child.try_wait() {
+                    panic!("regmirror exited with {status} before listening on {addr}");
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(20),
+                    "regmirror not listening on {addr} after 20 s"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
     }
 

@@ -10,6 +10,8 @@ pub mod fake_upstream;
 pub mod mirror;
 pub mod net;
 pub mod oci;
+pub mod pull;
 pub mod redirector;
 pub mod registry;
+pub mod token_world;
 pub mod tokens;
