@@ -123,7 +123,7 @@ def _target(line):
 
 def _cmd(argv):
     try:
-        return subprocess.run(argv, capture_output=True, text=True).stdout.strip()
+        return subprocess.run(argv, capture_output=True, text=True).stdout.rstrip()
     except OSError:
         return "?"
 
@@ -137,14 +137,15 @@ def machine():
                 cpu = line.split(":", 1)[1].strip()
                 break
     nginx = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
-    curl = _cmd(["curl", "--version"]).splitlines()[0]
+    curl = " ".join(_cmd(["curl", "--version"]).split()[:2])
     wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True)
-    wrk = (wrk.stdout + wrk.stderr).strip().splitlines()[0]
+    wrk = " ".join((wrk.stdout + wrk.stderr).split()[:2])
+    registry = _cmd(["docker-registry", "--version"]).split()[-1]
     return [
         f"- nproc: {_cmd(['nproc'])}",
         f"- CPU: {cpu}",
         f"- kernel: {platform.release()}",
-        f"- tools: {nginx}; {_cmd(['docker-registry', '--version'])}; {curl}; {wrk}",
+        f"- tools: {nginx}; docker-registry {registry}; {curl}; {wrk}",
         "- free -h:",
         "",
         "```",
