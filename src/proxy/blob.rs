@@ -62,29 +62,20 @@ impl Proxy {
     /// Ensures `who` may read `d` through `t.repo`: known from recent upstream answers, or
     /// asked now with a HEAD carrying the requester's credentials.
     async fn gate_blob(&self, t: &Target, d: &Digest, who: &Requester) -> Result<(), ProxyError> {
-        let owner = self.owner(t);
-        if self.gate_allows(t, who) && self.index.owns(d, &owner) {
+        if self.gate_allows(t, who) && self.index.owns(d, &self.owner(t)) {
             return Ok(());
         }
-        let head = t
-            .upstream
-            .blob(Method::HEAD, &t.repo, d, &who.forward())
-            .await?;
-        if !head.status().is_success() {
-            return Err(relay_status(head).await);
-        }
-        self.gate_record(t, who).await;
-        self.index.add_owner([d], &owner);
-        Ok(())
+        self.head_upstream(t, d, who).await.map(|_| ())
     }
 
-    /// HEAD for a blob we do not have: the upstream's answer, without fetching.
-    async fn head_miss(
+    /// HEADs `d` in `t.repo` upstream as `who`, recording a success for the auth gate;
+    /// returns the upstream's Content-Length.
+    async fn head_upstream(
         &self,
         t: &Target,
         d: &Digest,
         who: &Requester,
-    ) -> Result<Response<Body>, ProxyError> {
+    ) -> Result<Option<u64>, ProxyError> {
         let head = t
             .upstream
             .blob(Method::HEAD, &t.repo, d, &who.forward())
@@ -94,7 +85,17 @@ impl Proxy {
         }
         self.gate_record(t, who).await;
         self.index.add_owner([d], &self.owner(t));
-        let len = content_length(head.headers());
+        Ok(content_length(head.headers()))
+    }
+
+    /// HEAD for a blob we do not have: the upstream's answer, without fetching.
+    async fn head_miss(
+        &self,
+        t: &Target,
+        d: &Digest,
+        who: &Requester,
+    ) -> Result<Response<Body>, ProxyError> {
+        let len = self.head_upstream(t, d, who).await?;
         Ok(respond::blob(
             body::empty(),
             d,
