@@ -202,3 +202,53 @@ async fn private_content_authorized_first_then_anonymous_then_access_revoked() {
         Cred::Bearer(token_for(&tag_url, &our_realm(&m), &Cred::basic("admin", "adminpw")).await);
     assert_can_pull(&base, &w.private, &admin).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_url_names_the_realm_and_oauth_posts_are_forwarded() {
+    let w = world();
+    let options = MirrorOptions {
+        server: "public_url = \"http://mirror.lan:5000/\"".into(),
+        ..MirrorOptions::default()
+    };
+    let m = mirror(&w, "", options);
+    let got = get(
+        &format!("{}/v2/{PRIVATE}/manifests/latest", m.url()),
+        &Cred::Anonymous,
+    )
+    .await;
+    let challenge = support::pull::parse_bearer(&got.challenge.expect("a challenge"));
+    assert_eq!(
+        challenge["realm"],
+        "http://mirror.lan:5000/_regmirror/token/docker"
+    );
+    assert_eq!(challenge["scope"], format!("repository:{PRIVATE}:pull"));
+
+    // containerd's OAuth2 password grant: a form POST, forwarded with its body.
+    let form = [
+        ("grant_type", "password"),
+        ("username", "alice"),
+        ("password", "alicepw"),
+        ("service", challenge["service"].as_str()),
+        ("scope", challenge["scope"].as_str()),
+        ("client_id", "regmirror-tests"),
+    ];
+    let resp = support::pull::client()
+        .post(our_realm(&m))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let json: serde_json::Value = resp.json().await.unwrap();
+    let token = json["access_token"].as_str().expect("an access_token");
+    let requests = all_via_mirror(&w);
+    let last = requests.last().unwrap();
+    assert_eq!(
+        (last.method.as_str(), last.user.as_deref()),
+        ("POST", Some("alice")),
+        "{}",
+        last.brief()
+    );
+    let base = format!("{}/v2/", m.url());
+    assert_can_pull(&base, &w.private, &Cred::Bearer(token.to_string())).await;
+}

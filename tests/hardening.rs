@@ -88,6 +88,25 @@ async fn clients_outside_the_allowlist_get_403_denied_except_on_healthz() {
     assert!(r.hits().is_empty(), "denied requests reached upstream");
 }
 
+/// Without valid mirror credentials (`auth`), the API, `/v2/` and the token endpoint all answer
+/// 401 UNAUTHORIZED with the mirror's own Basic challenge.
+async fn assert_mirror_login_required(m: &Mirror, auth: Option<(&str, &str)>) {
+    let urls = [
+        format!("{}/v2/team/app/manifests/latest", m.url()),
+        format!("{}/v2/", m.url()),
+        format!("{}/_regmirror/token/redir?service=x", m.url()),
+    ];
+    for url in urls {
+        let resp = get_as(url.clone(), auth).await;
+        let what = format!("{url} with {auth:?}");
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{what}");
+        let challenge = resp.headers().get("www-authenticate").cloned();
+        let challenge = challenge.as_ref().and_then(|v| v.to_str().ok());
+        assert_eq!(challenge, Some("Basic realm=\"regmirror\""), "{what}");
+        assert_eq!(oci_code(resp).await, "UNAUTHORIZED", "{what}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mirror_access_credentials_are_required_and_never_forwarded() {
     let r = Redirector::start(64 * 1024).await;
@@ -105,29 +124,14 @@ async fn mirror_access_credentials_are_required_and_never_forwarded() {
     let m = mirror_for(&r, &options);
     let manifest = format!("{}/v2/team/app/manifests/latest", m.url());
 
-    let refused: [Option<(&str, &str)>; 4] = [
+    let refused = [
         None,
         Some(("bearer", "mirror-token-2")),
         Some(("alice", "wrong")),
         Some(("bob", "wonderland")),
     ];
-    let token_url = format!("{}/_regmirror/token/redir?service=x", m.url());
     for auth in refused {
-        for url in [&manifest, &format!("{}/v2/", m.url()), &token_url] {
-            let resp = get_as(url.clone(), auth).await;
-            assert_eq!(
-                resp.status(),
-                StatusCode::UNAUTHORIZED,
-                "{url} with {auth:?}"
-            );
-            let challenge = resp.headers().get("www-authenticate").cloned();
-            assert_eq!(
-                challenge.as_ref().and_then(|v| v.to_str().ok()),
-                Some("Basic realm=\"regmirror\""),
-                "{url} with {auth:?}"
-            );
-            assert_eq!(oci_code(resp).await, "UNAUTHORIZED");
-        }
+        assert_mirror_login_required(&m, auth).await;
     }
     assert!(
         r.hits().is_empty(),
@@ -156,6 +160,34 @@ async fn mirror_access_credentials_are_required_and_never_forwarded() {
     assert!(!hits.is_empty());
     let leaked: Vec<_> = hits.iter().filter(|h| h.authorization.is_some()).collect();
     assert!(leaked.is_empty(), "forwarded upstream: {leaked:?}");
+}
+
+/// Each blob went registry (with the client's Authorization), hop on the same host:port (still
+/// with it), CDN on another port (without it); no CDN request ever carried it.
+fn assert_authorization_stays_on_the_registry(r: &Redirector, digests: &[&String]) {
+    let hits = r.hits();
+    for digest in digests {
+        let on = |side: Side, path: &str| {
+            hits.iter()
+                .filter(|h| h.side == side && h.path.starts_with(path))
+                .collect::<Vec<_>>()
+        };
+        let first = on(Side::Registry, &format!("/v2/team/app/blobs/{digest}"));
+        let hop = on(Side::Registry, &format!("/hop/{digest}"));
+        let cdn = on(Side::Cdn, &format!("/cdn/{digest}"));
+        assert!(
+            !first.is_empty() && !hop.is_empty() && !cdn.is_empty(),
+            "{hits:?}"
+        );
+        for h in first.iter().chain(&hop) {
+            assert_eq!(h.authorization.as_deref(), Some("Bearer x"), "{h:?}");
+        }
+    }
+    let cdn_with_auth: Vec<_> = hits
+        .iter()
+        .filter(|h| h.side == Side::Cdn && h.authorization.is_some())
+        .collect();
+    assert!(cdn_with_auth.is_empty(), "{cdn_with_auth:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,31 +223,7 @@ async fn blob_redirects_are_followed_and_authorization_stays_on_the_registry() {
         assert_eq!(&sha256_digest(&body), digest);
     }
 
-    // Each blob: registry (with the client's Authorization), a hop on the same host:port
-    // (still with it), then the CDN on another port (without it).
-    let hits = r.hits();
-    for digest in [config, layer] {
-        let on = |side: Side, path: &str| {
-            hits.iter()
-                .filter(|h| h.side == side && h.path.starts_with(path))
-                .collect::<Vec<_>>()
-        };
-        let first = on(Side::Registry, &format!("/v2/team/app/blobs/{digest}"));
-        let hop = on(Side::Registry, &format!("/hop/{digest}"));
-        let cdn = on(Side::Cdn, &format!("/cdn/{digest}"));
-        assert!(
-            !first.is_empty() && !hop.is_empty() && !cdn.is_empty(),
-            "{hits:?}"
-        );
-        for h in first.iter().chain(&hop) {
-            assert_eq!(h.authorization.as_deref(), Some("Bearer x"), "{h:?}");
-        }
-    }
-    let cdn_with_auth: Vec<_> = hits
-        .iter()
-        .filter(|h| h.side == Side::Cdn && h.authorization.is_some())
-        .collect();
-    assert!(cdn_with_auth.is_empty(), "{cdn_with_auth:?}");
+    assert_authorization_stays_on_the_registry(&r, &[config, layer]);
 
     // Verified and cached: the next pull does not go upstream for bytes.
     let before = r.hits().iter().filter(|h| h.side == Side::Cdn).count();
@@ -271,6 +279,24 @@ struct Trickled {
     answer: String,
 }
 
+/// Pulls `url` (expecting `bytes`) on fresh connections for `period`, each within 2 s;
+/// returns how many were served.
+async fn normal_pulls(url: &str, bytes: &bytes::Bytes, period: Duration) -> usize {
+    let started = Instant::now();
+    let mut served = 0;
+    while started.elapsed() < period {
+        let t = Instant::now();
+        let resp = client().get(url).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(&resp.bytes().await.unwrap(), bytes);
+        let took = t.elapsed();
+        assert!(took < Duration::from_secs(2), "a normal pull took {took:?}");
+        served += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    served
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_clients_are_cut_off_while_others_are_served() {
     let r = Redirector::start(256 * 1024).await;
@@ -300,22 +326,7 @@ async fn slowloris_clients_are_cut_off_while_others_are_served() {
         })
         .collect();
     // Meanwhile: normal clients, each on a fresh connection, all served promptly.
-    let started = Instant::now();
-    let mut served = 0;
-    while started.elapsed() < Duration::from_secs(3) {
-        let t = Instant::now();
-        let fresh = client();
-        let resp = fresh.get(&blob_url).send().await.unwrap();
-        assert_eq!(resp.status(), 200);
-        assert_eq!(resp.bytes().await.unwrap(), bytes);
-        assert!(
-            t.elapsed() < Duration::from_secs(2),
-            "a normal pull took {:?}",
-            t.elapsed()
-        );
-        served += 1;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let served = normal_pulls(&blob_url, &bytes, Duration::from_secs(3)).await;
     assert!(served >= 5, "only {served} normal pulls in 3 s");
     for s in slow {
         let t = s.await.unwrap();

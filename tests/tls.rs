@@ -83,67 +83,48 @@ fn curl(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn curl_negotiates_http2_and_sees_an_https_token_realm() {
-    let w = world("");
+/// `curl --cacert <our CA> extra... url`: (exit code, stdout, stderr).
+fn curl_ca(w: &World, extra: &[&str], url: &str) -> (i32, String, String) {
     let ca = w.ca.ca_path();
-    let ca = ca.to_str().unwrap();
-    let tls = w.mirror.tls_url();
-    let port = w.mirror.tls_addr.unwrap().port();
+    let mut args = vec!["--cacert", ca.to_str().unwrap()];
+    args.extend(extra);
+    args.push(url);
+    curl(&args)
+}
 
+/// What `-w "%{http_version} %{http_code}"` prints for `url` with `extra` options.
+fn version_and_status(w: &World, extra: &[&str], url: &str) -> String {
+    let mut args = vec!["-o", "/dev/null", "-w", "%{http_version} %{http_code}"];
+    args.extend(extra);
+    let (code, out, err) = curl_ca(w, &args, url);
+    assert_eq!(code, 0, "curl {url}: {err}");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_negotiates_http2_or_http1_and_verifies_the_certificate() {
+    let w = world("");
+    let healthz = format!("{}/healthz", w.mirror.tls_url());
     // ALPN: h2 when offered, http/1.1 when that is all the client speaks.
-    let fmt = "%{http_version} %{http_code}";
-    let healthz = format!("{tls}/healthz");
-    let (code, out, err) = curl(&[
-        "--cacert",
-        ca,
-        "--http2",
-        "-o",
-        "/dev/null",
-        "-w",
-        fmt,
-        &healthz,
-    ]);
-    assert_eq!((code, out.as_str()), (0, "2 200"), "{err}");
-    let (code, out, err) = curl(&[
-        "--cacert",
-        ca,
-        "--http1.1",
-        "-o",
-        "/dev/null",
-        "-w",
-        fmt,
-        &healthz,
-    ]);
-    assert_eq!((code, out.as_str()), (0, "1.1 200"), "{err}");
-    // The certificate names localhost too; without the CA, curl refuses it (exit 60).
+    assert_eq!(version_and_status(&w, &["--http2"], &healthz), "2 200");
+    assert_eq!(version_and_status(&w, &["--http1.1"], &healthz), "1.1 200");
+    // The certificate names localhost too.
+    let port = w.mirror.tls_addr.unwrap().port();
     let by_name = format!("https://localhost:{port}/healthz");
-    let (code, out, err) = curl(&[
-        "--cacert",
-        ca,
-        "--http2",
-        "-o",
-        "/dev/null",
-        "-w",
-        fmt,
-        &by_name,
-    ]);
-    assert_eq!((code, out.as_str()), (0, "2 200"), "{err}");
+    assert_eq!(version_and_status(&w, &["--http2"], &by_name), "2 200");
+    // Without our CA, curl refuses the certificate (exit 60): verification is real.
     let (code, _, err) = curl(&["-o", "/dev/null", &healthz]);
     assert_eq!(code, 60, "an unknown CA must fail verification: {err}");
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn challenges_on_the_tls_listener_name_an_https_realm_that_works() {
+    let w = world("");
+    let tls = w.mirror.tls_url();
+    let port = w.mirror.tls_addr.unwrap().port();
     // The relayed challenge sends clients back to the mirror, over https, on the TLS port.
     let manifest = format!("{tls}/v2/mirrortest/hello/manifests/latest");
-    let (code, headers, err) = curl(&[
-        "--cacert",
-        ca,
-        "--http2",
-        "-D",
-        "-",
-        "-o",
-        "/dev/null",
-        &manifest,
-    ]);
+    let (code, headers, err) = curl_ca(&w, &["--http2", "-D", "-", "-o", "/dev/null"], &manifest);
     assert_eq!(code, 0, "{err}");
     assert!(headers.starts_with("HTTP/2 401"), "{headers}");
     let realm = format!("realm=\"https://127.0.0.1:{port}/_regmirror/token/docker\"");
@@ -154,20 +135,21 @@ async fn curl_negotiates_http2_and_sees_an_https_token_realm() {
     assert!(challenge.contains(&realm), "{challenge}");
 
     // Following it over TLS: a token from the upstream's server, via the mirror.
+    let service = support::tokens::SERVICE;
     let token_url = format!(
-        "{tls}/_regmirror/token/docker?service={}&scope=repository:mirrortest/hello:pull",
-        support::tokens::SERVICE
+        "{tls}/_regmirror/token/docker?service={service}&scope=repository:mirrortest/hello:pull"
     );
-    let (code, body, err) = curl(&["--cacert", ca, "--http2", "--fail", &token_url]);
+    let (code, body, err) = curl_ca(&w, &["--http2", "--fail"], &token_url);
     assert_eq!(code, 0, "{err}");
     let token: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let token = token["token"].as_str().expect("a token");
-    let bearer = format!("Authorization: Bearer {token}");
-    let out_file = w.mirror.dir.path().join("manifest.json");
+    let bearer = format!(
+        "Authorization: Bearer {}",
+        token["token"].as_str().expect("a token")
+    );
     let accept = format!("Accept: {}", oci::OCI_MANIFEST);
+    let out_file = w.mirror.dir.path().join("manifest.json");
+    let out = out_file.to_str().unwrap();
     let args = [
-        "--cacert",
-        ca,
         "--http2",
         "--fail",
         "-H",
@@ -175,12 +157,11 @@ async fn curl_negotiates_http2_and_sees_an_https_token_realm() {
         "-H",
         &accept,
         "-o",
-        out_file.to_str().unwrap(),
+        out,
         "-w",
         "%{http_version}",
-        &manifest,
     ];
-    let (code, version, err) = curl(&args);
+    let (code, version, err) = curl_ca(&w, &args, &manifest);
     assert_eq!((code, version.as_str()), (0, "2"), "{err}");
     let got = std::fs::read(&out_file).unwrap();
     assert_eq!(oci::sha256_digest(&got), w.hello.manifest_digest);
