@@ -6,7 +6,7 @@
 //! the others. Followers never see the last byte before the digest is verified, so a bad
 //! transfer always ends their responses with an error, never a clean end of body.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -52,7 +52,20 @@ pub struct Download {
     progress: watch::Sender<Progress>,
     /// Clients reading this download now (to cancel abandoned downloads if configured).
     followers: AtomicUsize,
+    /// The most recent bytes, kept in memory so followers keeping pace with the upstream get
+    /// them without a file read; laggards read the spool.
+    tail: Mutex<Tail>,
 }
+
+/// Recent chunks of a download: contiguous `(offset, bytes)`, at most [`TAIL_BYTES`].
+#[derive(Default)]
+struct Tail {
+    chunks: VecDeque<(u64, Bytes)>,
+    bytes: usize,
+}
+
+/// Memory kept per download for followers at the head of the transfer.
+const TAIL_BYTES: usize = 4 * 1024 * 1024;
 
 impl Download {
     pub fn progress(&self) -> Progress {
@@ -66,6 +79,29 @@ impl Download {
     /// Called by the transfer task.
     pub fn update(&self, f: impl FnOnce(&mut Progress)) {
         self.progress.send_modify(f);
+    }
+
+    /// Keeps `data`, written at `offset`, for followers (called before publishing progress).
+    pub fn push_tail(&self, offset: u64, data: Bytes) {
+        let mut t = self.tail.lock().unwrap();
+        t.bytes += data.len();
+        t.chunks.push_back((offset, data));
+        while t.bytes > TAIL_BYTES && t.chunks.len() > 1 {
+            let (_, old) = t.chunks.pop_front().expect("non-empty");
+            t.bytes -= old.len();
+        }
+    }
+
+    /// Up to `max` bytes at `pos` from memory, if still there.
+    fn tail_slice(&self, pos: u64, max: u64) -> Option<Bytes> {
+        let t = self.tail.lock().unwrap();
+        let (off, chunk) = t
+            .chunks
+            .iter()
+            .find(|(off, c)| *off <= pos && pos < off + c.len() as u64)?;
+        let start = (pos - off) as usize;
+        let end = chunk.len().min(start + max as usize);
+        Some(chunk.slice(start..end))
     }
 
     /// Waits until the leader knows whether the transfer runs.
@@ -119,6 +155,7 @@ impl Downloads {
             file: OnceLock::new(),
             progress: tx,
             followers: AtomicUsize::new(0),
+            tail: Mutex::new(Tail::default()),
         });
         map.insert(d.clone(), dl.clone());
         Claim::Leader(Leader {
@@ -197,8 +234,11 @@ pub fn follow(
             let avail = end.map_or(avail, |e| avail.min(e));
             if pos < avail {
                 let n = (avail - pos).min(CHUNK);
-                let file = guard.0.file.get().cloned();
-                let read = read_at(file, pos, n).await;
+                let read = match guard.0.tail_slice(pos, n) {
+                    Some(b) => Ok(b),
+                    None => read_at(guard.0.file.get().cloned(), pos, n).await,
+                };
+                let n = read.as_ref().map_or(n, |b| b.len() as u64);
                 let ok = read.is_ok();
                 return Some((read, (guard, rx, pos + n, !ok)));
             }

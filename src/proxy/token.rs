@@ -13,7 +13,7 @@ use http::{header, request::Parts, HeaderMap, HeaderValue, Method, Response, Uri
 use super::{ConnInfo, Proxy, ProxyError};
 use crate::body::{self, Body};
 use crate::upstream::challenge::Challenge;
-use crate::upstream::{read_small, Forward, Upstream, UpstreamStatus};
+use crate::upstream::{read_small, Upstream, UpstreamStatus};
 
 /// Path prefix of the token endpoint.
 pub const TOKEN_PATH: &str = "/_regmirror/token/";
@@ -143,7 +143,7 @@ impl Proxy {
 
     /// Learns an upstream's realm from its `/v2/` challenge.
     async fn discover_realm(&self, up: &Upstream) -> Result<String, ProxyError> {
-        let resp = up.ping(Method::GET, &Forward::default()).await?;
+        let resp = up.ping_unauthenticated().await?;
         let realm = resp
             .headers()
             .get(header::WWW_AUTHENTICATE)

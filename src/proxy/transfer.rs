@@ -146,11 +146,13 @@ impl Transfer {
                 return Err(format!("upstream sent more than the announced {t} bytes"));
             }
         }
+        let offset = self.spool_mut().written();
         self.spool_mut()
-            .write(data)
+            .write(data.clone())
             .await
             .map_err(|e| format!("spool write: {e}"))?;
         Stats::add(&self.stats.bytes_upstream, data.len() as u64);
+        self.dl.push_tail(offset, data.clone());
         let written = self.spool_mut().written();
         self.dl.update(|p| p.written = written);
         Ok(())

@@ -4,7 +4,6 @@
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -124,10 +123,8 @@ impl BlobStore for FsStore {
             };
             let start = range.start.min(size);
             let end = range.end.min(size).max(start);
-            Ok(Some(BlobRead {
-                size,
-                stream: super::file_stream(Arc::new(file), start..end),
-            }))
+            let stream = super::mmap::map_stream(&file, start..end).map_err(err)?;
+            Ok(Some(BlobRead { size, stream }))
         }
         .boxed()
     }

@@ -6,6 +6,7 @@
 //! [`BlobStore::publish`] makes a verified spool visible under its digest.
 
 mod fs;
+mod mmap;
 mod spool;
 
 use std::ops::Range;
@@ -49,7 +50,7 @@ pub struct BlobRead {
     pub stream: BoxStream<'static, std::io::Result<Bytes>>,
 }
 
-/// Bytes per chunk read from a file.
+/// Bytes per chunk read from a file (in-flight downloads).
 pub const READ_CHUNK: u64 = 512 * 1024;
 
 /// Reads `n` bytes at `pos` with `pread` on the blocking pool (the file may be renamed or
@@ -63,22 +64,6 @@ pub async fn read_chunk(file: Arc<std::fs::File>, pos: u64, n: u64) -> std::io::
     })
     .await
     .map_err(std::io::Error::other)?
-}
-
-/// Streams `range` of a file that holds at least `range.end` bytes, one chunk read ahead of
-/// the one being sent.
-pub fn file_stream(
-    file: Arc<std::fs::File>,
-    range: Range<u64>,
-) -> BoxStream<'static, std::io::Result<Bytes>> {
-    use futures_util::StreamExt;
-    let offsets = (range.start..range.end)
-        .step_by(READ_CHUNK as usize)
-        .map(move |pos| (pos, READ_CHUNK.min(range.end - pos)));
-    futures_util::stream::iter(offsets)
-        .map(move |(pos, n)| read_chunk(file.clone(), pos, n))
-        .buffered(2)
-        .boxed()
 }
 
 /// One stored blob, as listed at start-up.

@@ -5,7 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tokio::io::AsyncWriteExt;
+use std::io::Write;
+use std::sync::Arc;
+
+use bytes::Bytes;
 
 use crate::reference::{Digest, Hasher};
 
@@ -27,8 +30,10 @@ pub enum SpoolError {
 /// Content being written; see the module doc.
 pub struct Spool {
     path: PathBuf,
-    file: Option<tokio::fs::File>,
-    hasher: Hasher,
+    /// Written (and hashed) on the blocking pool, straight from the caller's `Bytes`.
+    file: Arc<std::fs::File>,
+    /// `None` only while a write is in progress.
+    hasher: Option<Hasher>,
     written: u64,
     expected: Digest,
 }
@@ -49,11 +54,13 @@ impl Spool {
             .write(true)
             .create_new(true)
             .open(&path)
-            .await?;
+            .await?
+            .into_std()
+            .await;
         Ok(Spool {
             path,
-            file: Some(file),
-            hasher: Hasher::new(expected.algorithm()),
+            file: Arc::new(file),
+            hasher: Some(Hasher::new(expected.algorithm())),
             written: 0,
             expected: expected.clone(),
         })
@@ -69,21 +76,27 @@ impl Spool {
         self.written
     }
 
-    /// Appends and hashes `data`.
-    pub async fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
-        let file = self.file.as_mut().expect("spool used after finish");
-        file.write_all(data).await?;
-        // tokio's File buffers: flush so readers following the spool see these bytes.
-        file.flush().await?;
-        self.hasher.update(data);
-        self.written += data.len() as u64;
+    /// Appends and hashes `data` off the async workers; when it returns, readers of the
+    /// file see the bytes.
+    pub async fn write(&mut self, data: Bytes) -> std::io::Result<()> {
+        let file = self.file.clone();
+        let mut hasher = self.hasher.take().expect("spool write in progress");
+        let len = data.len() as u64;
+        let (hasher, result) = tokio::task::spawn_blocking(move || {
+            let r = (&*file).write_all(&data);
+            hasher.update(&data);
+            (hasher, r)
+        })
+        .await
+        .map_err(std::io::Error::other)?;
+        self.hasher = Some(hasher);
+        result?;
+        self.written += len;
         Ok(())
     }
 
     /// Flushes and compares the hash (and the size, when known) with what was asked for.
     pub async fn finish(mut self, expected_size: Option<u64>) -> Result<Verified, SpoolError> {
-        let mut file = self.file.take().expect("spool finished twice");
-        file.flush().await?;
         if let Some(expected) = expected_size {
             if expected != self.written {
                 return Err(SpoolError::Size {
@@ -92,8 +105,11 @@ impl Spool {
                 });
             }
         }
-        let actual =
-            std::mem::replace(&mut self.hasher, Hasher::new(self.expected.algorithm())).finish();
+        let actual = self
+            .hasher
+            .take()
+            .expect("spool write in progress")
+            .finish();
         if actual != self.expected {
             return Err(SpoolError::Mismatch {
                 expected: self.expected.clone(),
@@ -106,7 +122,7 @@ impl Spool {
             path,
             digest: self.expected.clone(),
             size: self.written,
-            file: Some(file),
+            file: Some(self.file.clone()),
         })
     }
 
@@ -117,7 +133,7 @@ impl Spool {
         data: &[u8],
     ) -> Result<Verified, SpoolError> {
         let mut spool = Spool::create(dir, expected).await?;
-        spool.write(data).await?;
+        spool.write(Bytes::copy_from_slice(data)).await?;
         spool.finish(Some(data.len() as u64)).await
     }
 }
@@ -135,7 +151,7 @@ pub struct Verified {
     path: PathBuf,
     pub digest: Digest,
     pub size: u64,
-    file: Option<tokio::fs::File>,
+    file: Option<Arc<std::fs::File>>,
 }
 
 impl Verified {
@@ -146,7 +162,9 @@ impl Verified {
     /// Forces the content to stable storage (before a publishing rename).
     pub async fn sync(&mut self) -> std::io::Result<()> {
         if let Some(f) = self.file.take() {
-            f.sync_data().await?;
+            tokio::task::spawn_blocking(move || f.sync_data())
+                .await
+                .map_err(std::io::Error::other)??;
         }
         Ok(())
     }
@@ -175,7 +193,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let want = Digest::of(Algorithm::Sha256, b"hello");
         let mut s = Spool::create(dir.path(), &want).await.unwrap();
-        s.write(b"hellO").await.unwrap();
+        s.write(Bytes::from_static(b"hellO")).await.unwrap();
         assert!(matches!(
             s.finish(None).await,
             Err(SpoolError::Mismatch { .. })
@@ -188,7 +206,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let want = Digest::of(Algorithm::Sha256, b"hello");
         let mut s = Spool::create(dir.path(), &want).await.unwrap();
-        s.write(b"hel").await.unwrap();
+        s.write(Bytes::from_static(b"hel")).await.unwrap();
         drop(s);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
         let v = Spool::from_bytes(dir.path(), &want, b"hello")

@@ -123,6 +123,13 @@ impl Upstream {
         self.send(method, "/v2/".to_owned(), fwd, "").await
     }
 
+    /// `GET /v2/` with no credentials at all (not even the mirror's): to read the
+    /// upstream's auth challenge.
+    pub async fn ping_unauthenticated(&self) -> Result<Response<Incoming>, UpstreamError> {
+        self.send_once(Method::GET, "/v2/", &Forward::default())
+            .await
+    }
+
     /// `GET|HEAD /v2/<repo>/manifests/<reference>`.
     pub async fn manifest(
         &self,
