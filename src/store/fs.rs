@@ -123,7 +123,7 @@ impl BlobStore for FsStore {
             };
             let start = range.start.min(size);
             let end = range.end.min(size).max(start);
-            let stream = super::mmap::map_stream(&file, start..end).map_err(err)?;
+            let stream = super::mmap::map_stream(file, start..end);
             Ok(Some(BlobRead { size, stream }))
         }
         .boxed()

@@ -15,41 +15,50 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::stream::{self, BoxStream, StreamExt};
 
-/// Bytes per chunk handed to the HTTP layer (a view, not a copy).
+/// Bytes per chunk handed to the HTTP layer (a view, not a copy). Each chunk is its own
+/// mapping, unmapped when the HTTP layer drops it, so resident memory stays at the chunks in
+/// flight instead of growing with every byte served.
 const MAP_CHUNK: u64 = 1024 * 1024;
 
-/// A slice of a shared mapping, owning a reference to it.
-struct MapSlice {
-    map: Arc<memmap2::Mmap>,
-    range: Range<usize>,
-}
+/// One chunk's mapping, owned by the `Bytes` that views it.
+struct MapChunk(memmap2::Mmap);
 
-impl AsRef<[u8]> for MapSlice {
+impl AsRef<[u8]> for MapChunk {
     fn as_ref(&self) -> &[u8] {
-        &self.map[self.range.clone()]
+        &self.0
     }
 }
 
-/// Streams `range` of `file` (which holds at least `range.end` bytes) from a read-only mapping.
-pub fn map_stream(
-    file: &std::fs::File,
-    range: Range<u64>,
-) -> std::io::Result<BoxStream<'static, std::io::Result<Bytes>>> {
-    if range.is_empty() {
-        return Ok(stream::empty().boxed());
-    }
+/// Maps `len` bytes of `file` at `pos`, pre-faulted.
+fn map_chunk(file: &std::fs::File, pos: u64, len: u64) -> std::io::Result<Bytes> {
     // SAFETY: the file is an immutable, published blob (see the module doc).
-    let map = unsafe { memmap2::MmapOptions::new().map(file)? };
-    let _ = map.advise(memmap2::Advice::Sequential);
-    let map = Arc::new(map);
+    let map = unsafe {
+        memmap2::MmapOptions::new()
+            .offset(pos)
+            .len(len as usize)
+            .populate()
+            .map(file)?
+    };
+    Ok(Bytes::from_owner(MapChunk(map)))
+}
+
+/// Streams `range` of `file` (which holds at least `range.end` bytes), one mapped chunk at a
+/// time. Mapping (and faulting the pages in, which may read the disk) happens on the blocking
+/// pool, one chunk ahead of the one being sent.
+pub fn map_stream(
+    file: std::fs::File,
+    range: Range<u64>,
+) -> BoxStream<'static, std::io::Result<Bytes>> {
+    let file = Arc::new(file);
     let chunks = (range.start..range.end)
         .step_by(MAP_CHUNK as usize)
         .map(move |pos| {
-            let end = (pos + MAP_CHUNK).min(range.end);
-            Ok(Bytes::from_owner(MapSlice {
-                map: map.clone(),
-                range: pos as usize..end as usize,
-            }))
+            let (file, len) = (file.clone(), MAP_CHUNK.min(range.end - pos));
+            async move {
+                tokio::task::spawn_blocking(move || map_chunk(&file, pos, len))
+                    .await
+                    .map_err(std::io::Error::other)?
+            }
         });
-    Ok(stream::iter(chunks.collect::<Vec<_>>()).boxed())
+    stream::iter(chunks).buffered(2).boxed()
 }
