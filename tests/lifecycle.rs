@@ -49,6 +49,21 @@ fn check_config_prints_effective_config_with_env_overrides() {
 }
 
 #[test]
+fn check_config_redacts_secrets() {
+    let cfg = "[server.access]\ntokens = [\"lan-token-123\"]\n\
+               [upstreams.hub]\nurl = \"https://registry-1.docker.io\"\ndefault = true\n\
+               username = \"bot\"\npassword = \"hunter2-secret\"\n";
+    let (ok, out, err) = check_config(cfg, &[]);
+    assert!(ok, "{err}");
+    assert!(out.contains("username = \"bot\""), "{out}");
+    assert!(
+        !out.contains("hunter2-secret") && !out.contains("lan-token-123"),
+        "{out}"
+    );
+    assert!(out.contains("<redacted>"), "{out}");
+}
+
+#[test]
 fn config_errors_name_the_key_and_the_source() {
     let (ok, _, err) = check_config("[cache]\ntag_tll = \"5m\"\n", &[]);
     assert!(!ok);
