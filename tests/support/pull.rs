@@ -92,6 +92,13 @@ pub fn parse_bearer(header: &str) -> HashMap<String, String> {
 /// Asks `url` without credentials, follows the Bearer challenge to its realm (which must start
 /// with `expected_realm`) with `login` (Basic, or anonymous), and returns the token.
 pub async fn token_for(url: &str, expected_realm: &str, login: &Cred) -> String {
+    let challenge = bearer_challenge(url, &[expected_realm]).await;
+    token_from(&challenge, login).await
+}
+
+/// Asks `url` without credentials and returns the Bearer challenge of its 401, whose realm must
+/// start with one of `expected_realms`.
+pub async fn bearer_challenge(url: &str, expected_realms: &[&str]) -> HashMap<String, String> {
     let got = get(url, &Cred::Anonymous).await;
     assert_eq!(
         got.status,
@@ -100,8 +107,17 @@ pub async fn token_for(url: &str, expected_realm: &str, login: &Cred) -> String 
     );
     let challenge = parse_bearer(&got.challenge.expect("WWW-Authenticate on 401"));
     let realm = &challenge["realm"];
-    assert!(realm.starts_with(expected_realm), "realm {realm}");
-    let req = client().get(realm).query(&[
+    assert!(
+        expected_realms.iter().any(|r| realm.starts_with(r)),
+        "realm {realm}"
+    );
+    challenge
+}
+
+/// Asks the realm `challenge` names for its service and scope with `login` (Basic, or
+/// anonymous), as docker does, and returns the token.
+pub async fn token_from(challenge: &HashMap<String, String>, login: &Cred) -> String {
+    let req = client().get(&challenge["realm"]).query(&[
         ("service", challenge["service"].as_str()),
         ("scope", challenge["scope"].as_str()),
     ]);

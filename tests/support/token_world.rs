@@ -1,6 +1,8 @@
-//! The token-auth world the auth-mode tests share: a token server with users, grants and a
-//! private repository prefix, a distribution registry using it, a public and a private image,
-//! and helpers to start mirrors in front of it and to read the token server's log.
+//! The token-auth world the auth tests share: a token server with users, grants and a private
+//! repository prefix, a distribution registry using it, a public and a private image, and
+//! helpers to start mirrors in front of it and to read the token server's log. Its first
+//! piece, a token-auth registry standing in for Docker Hub as the mirror's default upstream,
+//! also serves the end-to-end and TLS tests.
 //!
 //! It asserts only what every such test needs (the token server heard from the mirror alone);
 //! what a test expects of the mirror stays in the test.
@@ -10,12 +12,33 @@ use reqwest::StatusCode;
 use super::mirror::{Mirror, MirrorOptions, UpstreamSpec};
 use super::oci::{self, SeedFormat, Seeded};
 use super::registry::{Registry, RegistryAuth};
-use super::tokens::{briefs, TokenRequest, TokenServer};
+use super::tokens::{briefs, TokenRequest, TokenServer, TokenServerBuilder};
 
 pub const PUBLIC: &str = "mirrortest/hello";
 pub const PRIVATE: &str = "private/secret";
 pub const MIRROR_USER: &str = "mirroruser";
 pub const MIRROR_PASSWORD: &str = "mirror-pw-31415926";
+/// Seeding credentials: `admin` may push anywhere.
+pub const ADMIN: Option<&str> = Some("admin:adminpw");
+/// The names Docker Hub answers to, which the default upstream takes over.
+pub const DOCKER_ALIASES: [&str; 3] = ["docker.io", "registry-1.docker.io", "index.docker.io"];
+
+/// A distribution registry doing token auth against its own token server, which has the users,
+/// grants and private prefixes of `tokens` plus `admin` (push anywhere, to seed); anything not
+/// private may be pulled anonymously, as on Docker Hub.
+pub fn token_registry(tokens: TokenServerBuilder) -> (TokenServer, Registry) {
+    let tokens = tokens
+        .user("admin", "adminpw")
+        .grant("admin", "*", &["pull", "push"])
+        .start();
+    let registry = Registry::start(RegistryAuth::Token(&tokens));
+    (tokens, registry)
+}
+
+/// `registry` as the mirror's default upstream `docker`, under Docker Hub's names.
+pub fn docker_upstream(registry: &Registry) -> UpstreamSpec {
+    UpstreamSpec::new("docker", &registry.url(), &DOCKER_ALIASES, true)
+}
 
 /// A token-auth registry (anonymous pull except on `private/`) with both images seeded.
 pub struct World {
@@ -28,33 +51,21 @@ pub struct World {
 }
 
 pub fn world() -> World {
-    let tokens = TokenServer::builder()
-        .user("admin", "adminpw")
-        .grant("admin", "*", &["pull", "push"])
-        .user("alice", "alicepw")
-        .grant("alice", PRIVATE, &["pull"])
-        .user("bob", "bobpw")
-        .grant("bob", "other/thing", &["pull"])
-        .user(MIRROR_USER, MIRROR_PASSWORD)
-        .grant(MIRROR_USER, "*", &["pull"])
-        .private("private/")
-        .start();
-    let registry = Registry::start(RegistryAuth::Token(&tokens));
-    let admin = Some("admin:adminpw");
-    let public = oci::seed(
-        &oci::runnable_image(),
-        &registry,
-        PUBLIC,
-        SeedFormat::Schema2,
-        admin,
+    let (tokens, registry) = token_registry(
+        TokenServer::builder()
+            .user("alice", "alicepw")
+            .grant("alice", PRIVATE, &["pull"])
+            .user("bob", "bobpw")
+            .grant("bob", "other/thing", &["pull"])
+            .user(MIRROR_USER, MIRROR_PASSWORD)
+            .grant(MIRROR_USER, "*", &["pull"])
+            .private("private/"),
     );
-    let private = oci::seed(
-        &oci::private_image(),
-        &registry,
-        PRIVATE,
-        SeedFormat::Schema2,
-        admin,
-    );
+    let seed = |layout: &oci::Layout, repo: &str| {
+        oci::seed(layout, &registry, repo, SeedFormat::Schema2, ADMIN)
+    };
+    let public = seed(&oci::runnable_image(), PUBLIC);
+    let private = seed(&oci::private_image(), PRIVATE);
     World {
         seeding: tokens.requests().len(),
         tokens,
@@ -66,8 +77,7 @@ pub fn world() -> World {
 
 /// A mirror with the registry as its default (Docker Hub-like) upstream.
 pub fn mirror(w: &World, upstream_extra: &str, options: MirrorOptions) -> Mirror {
-    let aliases = ["docker.io", "registry-1.docker.io", "index.docker.io"];
-    let mut up = UpstreamSpec::new("docker", &w.registry.url(), &aliases, true);
+    let mut up = docker_upstream(&w.registry);
     up.extra = upstream_extra.into();
     Mirror::launch(&[up], &options)
 }
