@@ -12,10 +12,8 @@ use support::docker::{write_hosts_dir, Dockerd};
 use support::mirror::{Mirror, UpstreamSpec};
 use support::oci::{self, SeedFormat, Seeded};
 use support::registry::{Registry, RegistryAuth};
+use support::token_world::{docker_upstream, token_registry, ADMIN};
 use support::tokens::TokenServer;
-
-/// Seeding credentials for the default (token-auth) registry.
-const ADMIN: Option<&str> = Some("admin:adminpw");
 
 /// `default` stands for Docker Hub; `second` is only reachable as `reg2.test`.
 struct World {
@@ -26,15 +24,10 @@ struct World {
 }
 
 fn world() -> World {
-    let tokens = TokenServer::builder()
-        .user("admin", "adminpw")
-        .grant("admin", "*", &["pull", "push"])
-        .start();
-    let default = Registry::start(RegistryAuth::Token(&tokens));
+    let (tokens, default) = token_registry(TokenServer::builder());
     let second = Registry::start(RegistryAuth::None);
-    let aliases = ["docker.io", "registry-1.docker.io", "index.docker.io"];
     let mirror = Mirror::start(&[
-        UpstreamSpec::new("docker", &default.url(), &aliases, true),
+        docker_upstream(&default),
         UpstreamSpec::new("second", &second.url(), &["reg2.test"], false),
     ]);
     World {
@@ -43,6 +36,17 @@ fn world() -> World {
         second,
         mirror,
     }
+}
+
+/// The runnable image as `mirrortest/hello`, in OCI format, pushed with `creds`.
+fn seed_hello(registry: &Registry, creds: Option<&str>) -> Seeded {
+    oci::seed(
+        &oci::runnable_image(),
+        registry,
+        "mirrortest/hello",
+        SeedFormat::Oci,
+        creds,
+    )
 }
 
 fn stdout(out: &std::process::Output, what: &str) -> String {
@@ -57,13 +61,7 @@ fn stdout(out: &std::process::Output, what: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containerd_ns_query_routes_to_second_upstream() {
     let w = world();
-    let hello = oci::seed(
-        &oci::runnable_image(),
-        &w.second,
-        "mirrortest/hello",
-        SeedFormat::Oci,
-        None,
-    );
+    let hello = seed_hello(&w.second, None);
     // Only its containerd is used; it has no registry config of its own.
     let d = Dockerd::start_with(serde_json::json!({}));
     let hosts = tempfile::tempdir().unwrap();
@@ -161,13 +159,7 @@ fn layout_blob(dir: &Path, digest: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn skopeo_path_prefix_mirror_copies_to_oci_layout() {
     let w = world();
-    let hello = oci::seed(
-        &oci::runnable_image(),
-        &w.default,
-        "mirrortest/hello",
-        SeedFormat::Oci,
-        ADMIN,
-    );
+    let hello = seed_hello(&w.default, ADMIN);
     let multi = oci::seed(
         &oci::multi_platform_index(),
         &w.default,

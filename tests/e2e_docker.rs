@@ -11,9 +11,10 @@ mod support;
 use std::time::Instant;
 
 use support::docker::Dockerd;
-use support::mirror::{Mirror, UpstreamSpec};
+use support::mirror::Mirror;
 use support::oci::{self, SeedFormat, Seeded, HELLO};
-use support::registry::{Registry, RegistryAuth};
+use support::registry::Registry;
+use support::token_world::{docker_upstream, token_registry, ADMIN};
 use support::tokens::TokenServer;
 
 /// A token-auth registry (anonymous pull allowed) and a mirror using it as the default upstream.
@@ -24,13 +25,8 @@ struct World {
 }
 
 fn world() -> World {
-    let tokens = TokenServer::builder()
-        .user("admin", "adminpw")
-        .grant("admin", "*", &["pull", "push"])
-        .start();
-    let registry = Registry::start(RegistryAuth::Token(&tokens));
-    let aliases = ["docker.io", "registry-1.docker.io", "index.docker.io"];
-    let mirror = Mirror::start(&[UpstreamSpec::new("docker", &registry.url(), &aliases, true)]);
+    let (tokens, registry) = token_registry(TokenServer::builder());
+    let mirror = Mirror::start(&[docker_upstream(&registry)]);
     World {
         _tokens: tokens,
         registry,
@@ -39,7 +35,7 @@ fn world() -> World {
 }
 
 fn seed(w: &World, layout: &oci::Layout, repo: &str, format: SeedFormat) -> Seeded {
-    oci::seed(layout, &w.registry, repo, format, Some("admin:adminpw"))
+    oci::seed(layout, &w.registry, repo, format, ADMIN)
 }
 
 /// The digest dockerd recorded for `image` (`name@sha256:...` in RepoDigests).

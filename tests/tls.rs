@@ -15,10 +15,11 @@ use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::certs::{peer_cert, TestCa};
-use support::mirror::{Mirror, MirrorOptions, UpstreamSpec};
+use support::mirror::{Mirror, MirrorOptions};
 use support::net::require_program;
 use support::oci::{self, SeedFormat, Seeded};
-use support::registry::{Registry, RegistryAuth};
+use support::registry::Registry;
+use support::token_world::{docker_upstream, token_registry, ADMIN};
 use support::tokens::{briefs, TokenServer};
 
 /// A token-auth registry (anonymous pull) holding one OCI image, and a mirror serving TLS.
@@ -35,29 +36,23 @@ struct World {
 }
 
 fn world(server_extra: &str) -> World {
-    let tokens = TokenServer::builder()
-        .user("admin", "adminpw")
-        .grant("admin", "*", &["pull", "push"])
-        .start();
-    let registry = Registry::start(RegistryAuth::Token(&tokens));
+    let (tokens, registry) = token_registry(TokenServer::builder());
     let hello = oci::seed(
         &oci::runnable_image(),
         &registry,
         "mirrortest/hello",
         SeedFormat::Oci,
-        Some("admin:adminpw"),
+        ADMIN,
     );
     let ca = TestCa::new();
     let cert = ca.issue(1);
     let seeding_requests = tokens.requests().len();
-    let aliases = ["docker.io", "registry-1.docker.io", "index.docker.io"];
     let options = MirrorOptions {
         server: server_extra.into(),
         tls: Some((cert.cert_path.clone(), cert.key_path.clone())),
         ..MirrorOptions::default()
     };
-    let up = UpstreamSpec::new("docker", &registry.url(), &aliases, true);
-    let mirror = Mirror::launch(&[up], &options);
+    let mirror = Mirror::launch(&[docker_upstream(&registry)], &options);
     World {
         tokens,
         _registry: registry,
