@@ -87,6 +87,12 @@ impl Rig {
         self.get(&format!("/v2/team/app/blobs/{digest}")).await
     }
 
+    /// A manifest and a blob path: one request of each kind that goes upstream.
+    fn manifest_and_blob_paths(&self) -> [String; 2] {
+        let blob = format!("/v2/team/app/blobs/{}", self.img.layers[1].0);
+        ["/v2/team/app/manifests/v1".to_string(), blob]
+    }
+
     async fn cached_blobs(&self) -> u64 {
         let stats = self.mirror.stats().await;
         stats["cached_blobs"]
@@ -115,6 +121,19 @@ impl Rig {
         }
         assert_eq!(self.mirror.cached_files(), Vec::<PathBuf>::new());
         assert_eq!(self.cached_blobs().await, 0);
+    }
+
+    /// After a fault: nothing cached; then, with the upstream healed, every one of `paths` works.
+    async fn assert_nothing_cached_then_heal(&self, paths: &[String]) {
+        self.assert_nothing_cached().await;
+        self.fake.heal();
+        for path in paths {
+            assert_eq!(
+                self.get(path).await.status,
+                StatusCode::OK,
+                "{path} after healing"
+            );
+        }
     }
 
     /// Waits until `/stats` counts `n` cached blobs: publishing may trail the last byte sent.
@@ -211,11 +230,10 @@ async fn blob_stalled_halfway_is_an_error_and_not_cached() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_slower_than_response_timeout_is_504() {
     let r = rig_with("response_timeout = \"1s\"").await;
-    let blob = format!("/v2/team/app/blobs/{}", r.img.layers[1].0);
-    let paths = ["/v2/team/app/manifests/v1", blob.as_str()];
+    let paths = r.manifest_and_blob_paths();
     r.fake
         .push_knob(Knob::new(Fault::DelayHeaders(Duration::from_secs(20))));
-    for path in paths {
+    for path in &paths {
         let start = Instant::now();
         let got = r.get(path).await;
         assert_eq!(got.status, StatusCode::GATEWAY_TIMEOUT, "{path}");
@@ -223,15 +241,7 @@ async fn upstream_slower_than_response_timeout_is_504() {
         let took = start.elapsed();
         assert!(took < Duration::from_secs(10), "{path}: 504 after {took:?}");
     }
-    r.assert_nothing_cached().await;
-    r.fake.heal();
-    for path in paths {
-        assert_eq!(
-            r.get(path).await.status,
-            StatusCode::OK,
-            "{path} after healing"
-        );
-    }
+    r.assert_nothing_cached_then_heal(&paths).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -315,10 +325,9 @@ async fn corrupted_or_cut_manifest_body_is_502_and_not_cached() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_429_is_relayed_and_5xx_becomes_502() {
     let r = rig().await;
-    let blob = format!("/v2/team/app/blobs/{}", r.img.layers[1].0);
-    let paths = ["/v2/team/app/manifests/v1", blob.as_str()];
+    let paths = r.manifest_and_blob_paths();
     r.fake.push_knob(Knob::new(Fault::Status(429)));
-    for path in paths {
+    for path in &paths {
         let got = r.get(path).await;
         assert_eq!(got.status, StatusCode::TOO_MANY_REQUESTS, "{path}");
         assert_eq!(got.code(), "TOOMANYREQUESTS", "{path}");
@@ -331,7 +340,7 @@ async fn upstream_429_is_relayed_and_5xx_becomes_502() {
     for status in [500, 503] {
         r.fake.heal();
         r.fake.push_knob(Knob::new(Fault::Status(status)));
-        for path in paths {
+        for path in &paths {
             let got = r.get(path).await;
             assert_eq!(
                 got.status,
@@ -341,15 +350,7 @@ async fn upstream_429_is_relayed_and_5xx_becomes_502() {
             got.code();
         }
     }
-    r.assert_nothing_cached().await;
-    r.fake.heal();
-    for path in paths {
-        assert_eq!(
-            r.get(path).await.status,
-            StatusCode::OK,
-            "{path} after healing"
-        );
-    }
+    r.assert_nothing_cached_then_heal(&paths).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
