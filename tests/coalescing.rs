@@ -6,6 +6,7 @@ mod support;
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::StreamExt;
 use support::fake_upstream::{random_bytes, sha256_digest, FakeUpstream, Fault, Knob};
 use support::mirror::{Mirror, UpstreamSpec};
@@ -23,6 +24,20 @@ fn blob_url(m: &Mirror, digest: &str) -> String {
     format!("{}/v2/team/app/blobs/{digest}", m.url())
 }
 
+/// Adds a random blob of `len` bytes and slows every blob body to `bytes_per_sec`, so requests
+/// overlap while it downloads; returns the blob and its digest.
+fn slow_blob(fake: &FakeUpstream, len: usize, bytes_per_sec: u64) -> (Vec<u8>, String) {
+    let blob = random_bytes(len);
+    let digest = fake.add_blob(blob.clone());
+    fake.push_knob(Knob::new(Fault::Throttle { bytes_per_sec }).blobs());
+    (blob, digest)
+}
+
+/// The whole body of a plain GET.
+async fn get_body(url: &str) -> Bytes {
+    reqwest::get(url).await.unwrap().bytes().await.unwrap()
+}
+
 async fn get_range(url: &str, range: &str) -> reqwest::Response {
     reqwest::Client::new()
         .get(url)
@@ -35,14 +50,7 @@ async fn get_range(url: &str, range: &str) -> reqwest::Response {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_concurrent_cold_requests_make_one_upstream_get() {
     let (fake, mirror) = setup("").await;
-    let blob = random_bytes(4 * 1024 * 1024);
-    let digest = fake.add_blob(blob.clone());
-    fake.push_knob(
-        Knob::new(Fault::Throttle {
-            bytes_per_sec: 4 * 1024 * 1024,
-        })
-        .blobs(),
-    );
+    let (blob, digest) = slow_blob(&fake, 4 * 1024 * 1024, 4 * 1024 * 1024);
     let url = blob_url(&mirror, &digest);
     let tasks: Vec<_> = (0..20)
         .map(|_| {
@@ -76,10 +84,7 @@ async fn ranges_on_cached_blobs() {
     let blob = random_bytes(100_000);
     let digest = fake.add_blob(blob.clone());
     let url = blob_url(&mirror, &digest);
-    assert_eq!(
-        sha256_digest(&reqwest::get(&url).await.unwrap().bytes().await.unwrap()),
-        digest
-    );
+    assert_eq!(sha256_digest(&get_body(&url).await), digest);
 
     for (range, start, end) in [
         ("bytes=10-19", 10, 19),
@@ -163,19 +168,12 @@ fn multipart_parts(body: &[u8], boundary: &str) -> Vec<(String, Vec<u8>)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ranges_on_an_in_flight_blob_are_served_as_bytes_land() {
     let (fake, mirror) = setup("").await;
-    let blob = random_bytes(3 * 1024 * 1024);
-    let digest = fake.add_blob(blob.clone());
     // ~3 s for the whole blob: the ranges below must come back long before that.
-    fake.push_knob(
-        Knob::new(Fault::Throttle {
-            bytes_per_sec: 1024 * 1024,
-        })
-        .blobs(),
-    );
+    let (blob, digest) = slow_blob(&fake, 3 * 1024 * 1024, 1024 * 1024);
     let url = blob_url(&mirror, &digest);
     let leader = tokio::spawn({
         let url = url.clone();
-        async move { reqwest::get(&url).await.unwrap().bytes().await.unwrap() }
+        async move { get_body(&url).await }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let start = std::time::Instant::now();
@@ -205,12 +203,7 @@ async fn upstream_cut_is_resumed_with_a_range_request() {
     let blob = random_bytes(2 * 1024 * 1024);
     let digest = fake.add_blob(blob.clone());
     fake.push_knob(Knob::new(Fault::CutHalfway).blobs().once());
-    let body = reqwest::get(blob_url(&mirror, &digest))
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let body = get_body(&blob_url(&mirror, &digest)).await;
     assert_eq!(
         sha256_digest(&body),
         digest,
@@ -243,14 +236,7 @@ async fn upstream_cut_is_resumed_with_a_range_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_leaving_does_not_cancel_the_download_for_others() {
     let (fake, mirror) = setup("").await;
-    let blob = random_bytes(2 * 1024 * 1024);
-    let digest = fake.add_blob(blob.clone());
-    fake.push_knob(
-        Knob::new(Fault::Throttle {
-            bytes_per_sec: 2 * 1024 * 1024,
-        })
-        .blobs(),
-    );
+    let (_, digest) = slow_blob(&fake, 2 * 1024 * 1024, 2 * 1024 * 1024);
     let url = blob_url(&mirror, &digest);
     // The leader reads one chunk and hangs up.
     let r = reqwest::get(&url).await.unwrap();
@@ -272,14 +258,7 @@ async fn a_client_leaving_does_not_cancel_the_download_for_others() {
 async fn abandoned_downloads_finish_by_default_or_cancel_when_configured() {
     for (extra, cached) in [("", true), ("finish_abandoned_downloads = false", false)] {
         let (fake, mirror) = setup(extra).await;
-        let blob = random_bytes(1024 * 1024);
-        let digest = fake.add_blob(blob.clone());
-        fake.push_knob(
-            Knob::new(Fault::Throttle {
-                bytes_per_sec: 1024 * 1024,
-            })
-            .blobs(),
-        );
+        let (_, digest) = slow_blob(&fake, 1024 * 1024, 1024 * 1024);
         let r = reqwest::get(blob_url(&mirror, &digest)).await.unwrap();
         let mut s = r.bytes_stream();
         s.next().await.unwrap().unwrap();
