@@ -80,12 +80,27 @@ fn oci_code(reply: &Reply) -> Result<String, String> {
 }
 
 impl Rig {
+    /// Sends one request to the mirror with `path` exactly as given, on a fresh connection.
+    async fn send(&self, method: Method, path: &str, body: &'static [u8]) -> Reply {
+        send(self.mirror.addr, method, path, body).await
+    }
+
+    /// The read endpoints under a repository name: a manifest, a blob and the tag list.
+    fn read_endpoints(&self) -> [String; 3] {
+        let layer = &self.img.layers[0].0;
+        [
+            "manifests/v1".to_string(),
+            format!("blobs/{layer}"),
+            "tags/list".into(),
+        ]
+    }
+
     /// Sends the request and records a failure unless the answer has status `want` (any 4xx
     /// when `None`), a JSON content type and a code among `codes` (any code when empty). HEAD
     /// answers have no body, so only their status is checked.
     async fn expect(&mut self, method: Method, path: &str, want: Option<u16>, codes: &[&str]) {
         let head = method == Method::HEAD;
-        let reply = send(self.mirror.addr, method.clone(), path, b"").await;
+        let reply = self.send(method.clone(), path, b"").await;
         let status_ok = match want {
             Some(w) => reply.status.as_u16() == w,
             None => reply.status.is_client_error(),
@@ -130,13 +145,9 @@ impl Rig {
             .collect();
         assert_eq!(seen, Vec::<String>::new(), "invalid input reached upstream");
         assert_eq!(self.mirror.cached_files(), Vec::<std::path::PathBuf>::new());
-        let reply = send(
-            self.mirror.addr,
-            Method::GET,
-            "/v2/team/app/manifests/v1",
-            b"",
-        )
-        .await;
+        let reply = self
+            .send(Method::GET, "/v2/team/app/manifests/v1", b"")
+            .await;
         assert_eq!(reply.status, StatusCode::OK, "the valid control pull");
         assert_eq!(reply.body, self.img.manifest);
     }
@@ -157,7 +168,6 @@ fn long_name() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_names_are_400_name_invalid() {
     let mut r = rig().await;
-    let layer = r.img.layers[0].0.clone();
     let names = [
         "Team/app".to_string(),
         "team/App".into(),
@@ -178,11 +188,7 @@ async fn invalid_names_are_400_name_invalid() {
         long_name(),
     ];
     for name in &names {
-        for endpoint in [
-            "manifests/v1".to_string(),
-            format!("blobs/{layer}"),
-            "tags/list".into(),
-        ] {
+        for endpoint in r.read_endpoints() {
             let path = format!("/v2/{name}/{endpoint}");
             r.expect(Method::GET, &path, Some(400), &["NAME_INVALID"])
                 .await;
@@ -259,18 +265,13 @@ async fn unknown_namespaces_are_refused_without_dialing() {
     // whichever way a request names it.
     let rogue = FakeUpstream::start().await;
     rogue.add_image("team/app", "v1", 1, 16);
-    let layer = r.img.layers[0].0.clone();
     let hosts = [
         "evil.example".to_string(),
         rogue.addr().to_string(),
         rogue.url(),
     ];
     for ns in &hosts {
-        for endpoint in [
-            "manifests/v1".to_string(),
-            format!("blobs/{layer}"),
-            "tags/list".into(),
-        ] {
+        for endpoint in r.read_endpoints() {
             let path = format!("/v2/team/app/{endpoint}?ns={ns}");
             r.expect(Method::GET, &path, None, &[]).await;
         }
@@ -317,13 +318,9 @@ async fn write_methods_are_405_unsupported() {
         }
     }
     // A push attempt with a body must not leave a file behind either.
-    let reply = send(
-        r.mirror.addr,
-        Method::PUT,
-        "/v2/team/app/manifests/v2",
-        b"{}",
-    )
-    .await;
+    let reply = r
+        .send(Method::PUT, "/v2/team/app/manifests/v2", b"{}")
+        .await;
     assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
     r.finish().await;
 }
@@ -345,7 +342,7 @@ async fn oversized_upstream_manifest_is_502_manifest_invalid() {
     let mut got = Vec::new();
     for reference in ["big", big_digest.as_str(), "huge"] {
         let path = format!("/v2/team/app/manifests/{reference}");
-        let reply = send(r.mirror.addr, Method::GET, &path, b"").await;
+        let reply = r.send(Method::GET, &path, b"").await;
         got.push((reply.status.as_u16(), oci_code(&reply)));
     }
     let want = (502, Ok("MANIFEST_INVALID".to_string()));
@@ -355,7 +352,7 @@ async fn oversized_upstream_manifest_is_502_manifest_invalid() {
         "big, big by digest, huge chunked"
     );
     assert_eq!(r.mirror.cached_files(), Vec::<std::path::PathBuf>::new());
-    let reply = send(r.mirror.addr, Method::GET, "/v2/team/app/manifests/v1", b"").await;
+    let reply = r.send(Method::GET, "/v2/team/app/manifests/v1", b"").await;
     assert_eq!(reply.status, StatusCode::OK);
 }
 
