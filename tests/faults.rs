@@ -136,6 +136,21 @@ impl Rig {
         }
     }
 
+    /// Gets the blob `times` times, each time whole and right, without a blob GET upstream.
+    async fn assert_served_from_cache(&self, digest: &str, bytes: &Bytes, times: usize) {
+        let before = self.fake.all_blob_gets();
+        for _ in 0..times {
+            let got = self.get_blob(digest).await;
+            assert_eq!(got.status, StatusCode::OK);
+            assert_eq!(got.body.as_ref().expect("cached body"), bytes);
+        }
+        assert_eq!(
+            self.fake.all_blob_gets(),
+            before,
+            "a cached blob needs no upstream GET"
+        );
+    }
+
     /// Waits until `/stats` counts `n` cached blobs: publishing may trail the last byte sent.
     async fn wait_cached_blobs(&self, n: u64) {
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -189,15 +204,7 @@ async fn blob_fault_then_heal_with(faults: &[Fault], upstream_extra: &str) {
 
     r.wait_cached_blobs(1).await;
     assert_eq!(r.files_under("blobs").len(), 1);
-    let before = r.fake.all_blob_gets();
-    let got = r.get_blob(digest).await;
-    assert_eq!(got.status, StatusCode::OK);
-    assert_eq!(got.body.as_ref().expect("cached body"), bytes);
-    assert_eq!(
-        r.fake.all_blob_gets(),
-        before,
-        "a cached blob needs no upstream GET"
-    );
+    r.assert_served_from_cache(digest, bytes, 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -364,15 +371,5 @@ async fn cached_blob_is_served_while_upstream_blob_gets_fail() {
     // Only GETs fail: the auth gate's HEAD checks may still reach upstream, by design.
     r.fake
         .push_knob(Knob::new(Fault::Status(500)).blobs().get_only());
-    let before = r.fake.all_blob_gets();
-    for _ in 0..3 {
-        let got = r.get_blob(digest).await;
-        assert_eq!(got.status, StatusCode::OK);
-        assert_eq!(got.body.as_ref().expect("cached body"), bytes);
-    }
-    assert_eq!(
-        r.fake.all_blob_gets(),
-        before,
-        "no blob GET may reach upstream"
-    );
+    r.assert_served_from_cache(digest, bytes, 3).await;
 }
