@@ -190,6 +190,8 @@ async fn a_user_removed_upstream_is_refused_within_auth_ttl() {
     let m = mirror(&w, "", "auth_ttl = \"1s\"");
     let alice = Cred::basic("alice", "alicepw");
     assert_can_pull(&base(&m), &w.private, &alice).await;
+    m.wait_cached_blobs(1 + w.private.blob_digests().len() as u64)
+        .await;
     let hit = get(
         &format!("{}{PRIVATE}/blobs/{}", base(&m), w.private.layer_digests[0]),
         &alice,

@@ -5,15 +5,13 @@
 //! HEAD, or the fetch itself) and are kept for `auth_ttl` per (upstream, repository, hash of
 //! the Authorization header). A repository anonymous requests may pull is public for all.
 
-use std::sync::Arc;
-
 use super::{Proxy, Requester, Target};
 use crate::cache::{AuthKey, Credential};
 
 impl Proxy {
     fn auth_key(&self, t: &Target, credential: Credential) -> AuthKey {
         AuthKey {
-            upstream: Arc::from(t.upstream.name.as_str()),
+            upstream: t.upstream.key.clone(),
             repo: t.repo.clone(),
             credential,
         }

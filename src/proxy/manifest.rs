@@ -71,7 +71,7 @@ impl Proxy {
         who: &Requester,
     ) -> Result<(Found, CacheStatus), ProxyError> {
         let key = TagKey {
-            upstream: Arc::from(t.upstream.name.as_str()),
+            upstream: t.upstream.key.clone(),
             repo: t.repo.clone(),
             tag: tag.clone(),
             accept: Arc::from(accept),

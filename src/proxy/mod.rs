@@ -266,7 +266,7 @@ impl Proxy {
 
     fn owner(&self, t: &Target) -> Owner {
         Owner {
-            upstream: Arc::from(t.upstream.name.as_str()),
+            upstream: t.upstream.key.clone(),
             repo: t.repo.clone(),
         }
     }

@@ -60,6 +60,8 @@ pub struct UpstreamStatus {
 pub struct Upstream {
     /// Config name, for logs and stats.
     pub name: String,
+    /// The same name, shared by cache keys without an allocation per request.
+    pub key: std::sync::Arc<str>,
     /// Settings (aliases, prefix rule, timeouts).
     pub config: UpstreamConfig,
     /// `scheme://authority` plus any base path, without a trailing slash.
@@ -102,6 +104,7 @@ impl Upstream {
         };
         Ok(Upstream {
             name: name.to_owned(),
+            key: std::sync::Arc::from(name),
             config: config.clone(),
             base: config.url.trim_end_matches('/').to_owned(),
             client,

@@ -230,6 +230,23 @@ impl Mirror {
             .unwrap()
     }
 
+    /// Waits (up to 10 s) until `/stats` counts at least `n` cached blobs: publishing a
+    /// verified blob may lag a moment behind the last byte its clients received.
+    pub async fn wait_cached_blobs(&self, n: u64) {
+        let start = std::time::Instant::now();
+        loop {
+            let stats = self.stats().await;
+            let cached = stats["cached_blobs"]
+                .as_u64()
+                .expect("cached_blobs in /stats");
+            if cached >= n {
+                return;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "stats: {stats}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Sends SIGTERM and waits up to `timeout` for exit; returns whether it exited cleanly.
     pub fn terminate(&mut self, timeout: Duration) -> bool {
         let _ = Command::new("kill")
