@@ -45,7 +45,10 @@ impl Proxy {
             match self.downloads.claim(d) {
                 Claim::Leader(lead) => return self.lead(t, d, parts, who, lead).await,
                 Claim::Follower(dl) => {
-                    if dl.started().await.phase == Phase::Refused {
+                    // A download that never started, or already failed (and is about to be
+                    // forgotten), is no use: try again, leading a new one if need be.
+                    if matches!(dl.started().await.phase, Phase::Refused | Phase::Failed(_)) {
+                        self.downloads.remove(&dl);
                         continue;
                     }
                     self.gate_blob(t, d, who).await?;
