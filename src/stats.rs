@@ -1,5 +1,5 @@
 //! Counters read by `/stats` (and later `/metrics`) without locks: plain atomics, bumped on
-//! the hot path with relaxed ordering.
+//! the hot path with relaxed ordering. What the store holds is counted by the blob index.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -28,10 +28,6 @@ pub struct Stats {
     pub verify_failures: AtomicU64,
     /// Requests answered with an error status.
     pub errors: AtomicU64,
-    /// Blobs in the store now.
-    pub cached_blobs: AtomicU64,
-    /// Bytes in the store now.
-    pub cached_bytes: AtomicU64,
 }
 
 /// The `/stats` JSON document.
@@ -47,7 +43,9 @@ pub struct Snapshot {
     pub inflight_downloads: u64,
     pub verify_failures: u64,
     pub errors: u64,
+    /// Objects (blobs and manifests) in the store now.
     pub cached_blobs: u64,
+    /// Their bytes.
     pub cached_bytes: u64,
 }
 
@@ -56,7 +54,8 @@ impl Stats {
         counter.fetch_add(n, Relaxed);
     }
 
-    pub fn snapshot(&self) -> Snapshot {
+    /// The counters, with the store's `(objects, bytes)` (kept by the blob index).
+    pub fn snapshot(&self, (cached_blobs, cached_bytes): (u64, u64)) -> Snapshot {
         let g = |c: &AtomicU64| c.load(Relaxed);
         Snapshot {
             requests: g(&self.requests),
@@ -69,8 +68,8 @@ impl Stats {
             inflight_downloads: g(&self.inflight_downloads),
             verify_failures: g(&self.verify_failures),
             errors: g(&self.errors),
-            cached_blobs: g(&self.cached_blobs),
-            cached_bytes: g(&self.cached_bytes),
+            cached_blobs,
+            cached_bytes,
         }
     }
 }

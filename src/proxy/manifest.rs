@@ -294,8 +294,6 @@ impl Proxy {
             let size = verified.size;
             self.store.publish(verified).await?;
             self.index.stored(d, size);
-            Stats::add(&self.stats.cached_blobs, 1);
-            Stats::add(&self.stats.cached_bytes, size);
         }
         self.memory.manifests.insert(d.clone(), entry.clone()).await;
         Ok(())

@@ -150,8 +150,6 @@ impl Proxy {
         let index = Arc::new(BlobIndex::from_scan(scanned));
         let stats = Arc::new(Stats::default());
         let (n, bytes) = index.totals();
-        Stats::add(&stats.cached_blobs, n);
-        Stats::add(&stats.cached_bytes, bytes);
         let upstreams = config
             .upstreams
             .iter()
@@ -171,6 +169,11 @@ impl Proxy {
             stats,
             config,
         })
+    }
+
+    /// The `/stats` document: request counters plus what the store holds now.
+    pub fn stats_snapshot(&self) -> crate::stats::Snapshot {
+        self.stats.snapshot(self.index.totals())
     }
 
     /// Answers one `/v2/...` request.

@@ -81,8 +81,6 @@ impl Transfer {
                     match self.store.publish(verified).await {
                         Ok(()) => {
                             self.index.stored(&digest, size);
-                            Stats::add(&self.stats.cached_blobs, 1);
-                            Stats::add(&self.stats.cached_bytes, size);
                             tracing::info!(%digest, size, upstream = %self.upstream.name, "blob cached");
                         }
                         Err(e) => {

@@ -161,7 +161,7 @@ async fn read_body(body: Incoming) -> Option<Bytes> {
 
 fn other(proxy: &Proxy, parts: &http::request::Parts) -> Response<Body> {
     match (parts.method.clone(), parts.uri.path()) {
-        (Method::GET, "/stats") => json(&proxy.stats.snapshot()),
+        (Method::GET, "/stats") => json(&proxy.stats_snapshot()),
         _ => error::oci_error(
             StatusCode::NOT_FOUND,
             error::OciCode::Unsupported,
