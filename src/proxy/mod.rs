@@ -193,20 +193,19 @@ impl Proxy {
             Routed::Base(up) => self.base(&up, parts, &who).await,
             Routed::Repo(t) => self.repo(&t, parts, &who).await,
         };
-        result.map_err(|e| match e {
-            ProxyError::UpstreamStatus(mut s) => {
-                self.rewrite_challenge(&up, parts, &mut s);
-                ProxyError::UpstreamStatus(s)
-            }
-            ProxyError::Shared(inner) => match &*inner {
-                ProxyError::UpstreamStatus(s) => {
-                    let mut s = s.clone();
-                    self.rewrite_challenge(&up, parts, &mut s);
-                    ProxyError::UpstreamStatus(s)
-                }
-                _ => ProxyError::Shared(inner),
-            },
-            other => other,
+        result.map_err(|e| {
+            // Relayed challenges (also those of a flight this request joined) point at our
+            // token endpoint.
+            let mut status = match &e {
+                ProxyError::UpstreamStatus(s) => s.clone(),
+                ProxyError::Shared(inner) => match &**inner {
+                    ProxyError::UpstreamStatus(s) => s.clone(),
+                    _ => return e,
+                },
+                _ => return e,
+            };
+            self.rewrite_challenge(&up, parts, &mut status);
+            ProxyError::UpstreamStatus(status)
         })
     }
 
