@@ -148,14 +148,21 @@ impl Proxy {
         let (result, _joined) = self.manifest_fetches.run(d.clone(), work).await;
         let found = result.map_err(ProxyError::Shared)?;
         // The flight recorded ownership for the leader's repository; add the joiner's.
-        let children = media::referenced_digests(&found.entry.bytes);
-        self.index
-            .add_owner(children.iter().chain([d]), &self.owner(t));
+        self.own_manifest(t, &found.digest, &found.entry.bytes);
         Ok(found)
     }
 
+    /// Records that upstream holds manifest `d` in `t.repo`, and so everything it lists:
+    /// "listed in a verified manifest of R" is what lets a cached blob be served under R.
+    fn own_manifest(&self, t: &Target, d: &Digest, bytes: &[u8]) {
+        let children = media::referenced_digests(bytes);
+        self.index
+            .add_owner(children.iter().chain([d]), &self.owner(t));
+    }
+
     async fn remember_tag(&self, t: &Target, key: TagKey, found: &Found) {
-        self.index.add_owner([&found.digest], &self.owner(t));
+        // Also after a restart, when the manifest came from disk: upstream just confirmed it.
+        self.own_manifest(t, &found.digest, &found.entry.bytes);
         let entry = TagEntry {
             digest: found.digest.clone(),
             media_type: found.entry.media_type.clone(),
@@ -182,7 +189,7 @@ impl Proxy {
                     return Err(relay_status(head).await);
                 }
                 self.gate_record(t, who).await;
-                self.index.add_owner([d], &self.owner(t));
+                self.own_manifest(t, d, &found.entry.bytes);
             }
             return Ok((found, CacheStatus::Hit));
         }
@@ -284,9 +291,7 @@ impl Proxy {
         d: &Digest,
         entry: &Arc<ManifestEntry>,
     ) -> Result<(), ProxyError> {
-        let owner = self.owner(t);
-        let children = media::referenced_digests(&entry.bytes);
-        self.index.add_owner(children.iter().chain([d]), &owner);
+        self.own_manifest(t, d, &entry.bytes);
         if self.index.stored_size(d).is_none() {
             let verified = Spool::from_bytes(self.store.spool_dir(), d, &entry.bytes)
                 .await

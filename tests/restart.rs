@@ -1,0 +1,57 @@
+//! A restarted mirror serves what it cached before: the store is rescanned, and the first
+//! tag revalidation re-learns which blobs belong to the repository from the verified manifest
+//! on disk, so no blob request of any kind (GET or HEAD) reaches upstream.
+
+mod support;
+
+use std::time::Duration;
+
+use support::fake_upstream::{sha256_digest, FakeUpstream, Kind, OCI_MANIFEST};
+use support::mirror::{Mirror, MirrorOptions, UpstreamSpec};
+
+async fn pull(m: &Mirror, img: &support::fake_upstream::Image) {
+    let base = format!("{}/v2/{}", m.url(), img.name);
+    let r = reqwest::Client::new()
+        .get(format!("{base}/manifests/{}", img.tag))
+        .header("Accept", OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap(), img.manifest);
+    let blobs =
+        std::iter::once(img.config_digest.clone()).chain(img.layers.iter().map(|l| l.0.clone()));
+    for d in blobs {
+        let r = reqwest::get(format!("{base}/blobs/{d}")).await.unwrap();
+        assert_eq!(r.status(), 200, "{d}");
+        assert_eq!(sha256_digest(&r.bytes().await.unwrap()), d);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_mirror_serves_its_cache_without_blob_requests_upstream() {
+    let fake = FakeUpstream::start().await;
+    let img = fake.add_image("team/app", "v1", 3, 200_000);
+    let spec = [UpstreamSpec::new("fake", &fake.url(), &["fake.test"], true)];
+    let mut first = Mirror::start(&spec);
+    pull(&first, &img).await;
+    first.wait_cached_blobs(5).await;
+    assert!(first.terminate(Duration::from_secs(10)), "clean exit");
+
+    fake.reset_counters();
+    let options = MirrorOptions {
+        env: vec![(
+            "REGMIRROR_CACHE__DIR".into(),
+            first.cache_dir.display().to_string(),
+        )],
+        ..MirrorOptions::default()
+    };
+    let second = Mirror::launch(&spec, &options);
+    let stats = second.stats().await;
+    assert_eq!(stats["cached_blobs"], 5, "{stats}");
+    pull(&second, &img).await;
+    let blob_requests = fake.seen().iter().filter(|s| s.kind == Kind::Blob).count();
+    assert_eq!(blob_requests, 0, "{:?}", fake.seen());
+    assert_eq!(fake.manifest_gets(), 0);
+    assert_eq!(fake.manifest_heads(), 1, "one revalidation of the tag");
+}
