@@ -55,3 +55,57 @@ async fn a_restarted_mirror_serves_its_cache_without_blob_requests_upstream() {
     assert_eq!(fake.manifest_gets(), 0);
     assert_eq!(fake.manifest_heads(), 1, "one revalidation of the tag");
 }
+
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+/// Pulls like a client of an index: the index by tag, then the child by digest and its blobs.
+async fn pull_index(m: &Mirror, child: &support::fake_upstream::Image) {
+    let r = reqwest::Client::new()
+        .get(format!("{}/v2/team/multi/manifests/v1", m.url()))
+        .header("Accept", format!("{OCI_INDEX}, {OCI_MANIFEST}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut by_digest = child.clone();
+    by_digest.tag = child.digest.clone();
+    pull(m, &by_digest).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn index_images_too_relearn_ownership_through_their_child_manifests() {
+    let fake = FakeUpstream::start().await;
+    let child = fake.add_image("team/multi", "child", 2, 100_000);
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": child.digest, "size": child.manifest.len(),
+                       "platform": {"architecture": "amd64", "os": "linux"}}],
+    });
+    fake.add_manifest(
+        "team/multi",
+        "v1",
+        OCI_INDEX,
+        &serde_json::to_vec(&index).unwrap(),
+    );
+    let spec = [UpstreamSpec::new("fake", &fake.url(), &["fake.test"], true)];
+    let mut first = Mirror::start(&spec);
+    pull_index(&first, &child).await;
+    // Index, child manifest, config and two layers.
+    first.wait_cached_blobs(5).await;
+    assert!(first.terminate(Duration::from_secs(10)));
+
+    fake.reset_counters();
+    let options = MirrorOptions {
+        env: vec![(
+            "REGMIRROR_CACHE__DIR".into(),
+            first.cache_dir.display().to_string(),
+        )],
+        ..MirrorOptions::default()
+    };
+    let second = Mirror::launch(&spec, &options);
+    pull_index(&second, &child).await;
+    let blob_requests = fake.seen().iter().filter(|s| s.kind == Kind::Blob).count();
+    assert_eq!(blob_requests, 0, "{:?}", fake.seen());
+    assert_eq!(fake.manifest_gets(), 0);
+}

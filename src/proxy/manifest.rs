@@ -189,8 +189,10 @@ impl Proxy {
                     return Err(relay_status(head).await);
                 }
                 self.gate_record(t, who).await;
-                self.own_manifest(t, d, &found.entry.bytes);
             }
+            // Known to be R's (an index of R listed it, or upstream just said so): so are the
+            // blobs it lists, also after a restart that forgot them.
+            self.own_manifest(t, d, &found.entry.bytes);
             return Ok((found, CacheStatus::Hit));
         }
         let found = self.fetch_shared(t, d, &fwd).await?;
