@@ -29,11 +29,10 @@ pub struct TagKey {
     pub accept: Arc<str>,
 }
 
-/// The upstream's answer for a tag.
+/// The upstream's answer for a tag (the media type is the manifest's own, in its entry).
 #[derive(Debug, Clone)]
 pub struct TagEntry {
     pub digest: Digest,
-    pub media_type: String,
     pub fetched: Instant,
 }
 

@@ -165,7 +165,6 @@ impl Proxy {
         self.own_manifest(t, &found.digest, &found.entry.bytes);
         let entry = TagEntry {
             digest: found.digest.clone(),
-            media_type: found.entry.media_type.clone(),
             fetched: Instant::now(),
         };
         self.memory.tags.insert(key, entry).await;
