@@ -6,10 +6,9 @@ mod support;
 
 use std::time::Duration;
 
-use support::fake_upstream::{sha256_digest, FakeUpstream, OCI_MANIFEST};
+use support::fake_upstream::{sha256_digest, FakeUpstream, OCI_INDEX, OCI_MANIFEST};
 use support::mirror::{Mirror, UpstreamSpec};
 
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const DOCKER_V2: &str = "application/vnd.docker.distribution.manifest.v2+json";
 
 async fn get(url: &str, accept: &str) -> reqwest::Response {
@@ -102,14 +101,7 @@ async fn tags_are_trusted_for_tag_ttl_then_revalidated_with_a_head() {
 async fn a_media_type_the_client_did_not_accept_is_never_served() {
     let fake = FakeUpstream::start().await;
     let child = fake.add_image("team/multi", "child", 1, 100);
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_INDEX,
-        "manifests": [{"mediaType": OCI_MANIFEST, "digest": child.digest, "size": child.manifest.len(),
-                       "platform": {"architecture": "amd64", "os": "linux"}}],
-    });
-    let index = serde_json::to_vec(&index).unwrap();
-    let index_digest = fake.add_manifest("team/multi", "v1", OCI_INDEX, &index);
+    let (index_digest, index) = fake.add_index("team/multi", "v1", &[&child]);
     let mirror = Mirror::start(&[UpstreamSpec::new("fake", &fake.url(), &["fake.test"], true)]);
     let url = format!("{}/v2/team/multi/manifests/v1", mirror.url());
 

@@ -4,10 +4,8 @@
 
 mod support;
 
-use std::time::Duration;
-
-use support::fake_upstream::{sha256_digest, FakeUpstream, Kind, OCI_MANIFEST};
-use support::mirror::{Mirror, MirrorOptions, UpstreamSpec};
+use support::fake_upstream::{sha256_digest, FakeUpstream, Kind, OCI_INDEX, OCI_MANIFEST};
+use support::mirror::{Mirror, UpstreamSpec};
 
 async fn pull(m: &Mirror, img: &support::fake_upstream::Image) {
     let base = format!("{}/v2/{}", m.url(), img.name);
@@ -36,17 +34,8 @@ async fn a_restarted_mirror_serves_its_cache_without_blob_requests_upstream() {
     let mut first = Mirror::start(&spec);
     pull(&first, &img).await;
     first.wait_cached_blobs(5).await;
-    assert!(first.terminate(Duration::from_secs(10)), "clean exit");
-
     fake.reset_counters();
-    let options = MirrorOptions {
-        env: vec![(
-            "REGMIRROR_CACHE__DIR".into(),
-            first.cache_dir.display().to_string(),
-        )],
-        ..MirrorOptions::default()
-    };
-    let second = Mirror::launch(&spec, &options);
+    let second = first.restart_on_same_cache(&spec);
     let stats = second.stats().await;
     assert_eq!(stats["cached_blobs"], 5, "{stats}");
     pull(&second, &img).await;
@@ -55,8 +44,6 @@ async fn a_restarted_mirror_serves_its_cache_without_blob_requests_upstream() {
     assert_eq!(fake.manifest_gets(), 0);
     assert_eq!(fake.manifest_heads(), 1, "one revalidation of the tag");
 }
-
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
 /// Pulls like a client of an index: the index by tag, then the child by digest and its blobs.
 async fn pull_index(m: &Mirror, child: &support::fake_upstream::Image) {
@@ -76,34 +63,14 @@ async fn pull_index(m: &Mirror, child: &support::fake_upstream::Image) {
 async fn index_images_too_relearn_ownership_through_their_child_manifests() {
     let fake = FakeUpstream::start().await;
     let child = fake.add_image("team/multi", "child", 2, 100_000);
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_INDEX,
-        "manifests": [{"mediaType": OCI_MANIFEST, "digest": child.digest, "size": child.manifest.len(),
-                       "platform": {"architecture": "amd64", "os": "linux"}}],
-    });
-    fake.add_manifest(
-        "team/multi",
-        "v1",
-        OCI_INDEX,
-        &serde_json::to_vec(&index).unwrap(),
-    );
+    fake.add_index("team/multi", "v1", &[&child]);
     let spec = [UpstreamSpec::new("fake", &fake.url(), &["fake.test"], true)];
     let mut first = Mirror::start(&spec);
     pull_index(&first, &child).await;
     // Index, child manifest, config and two layers.
     first.wait_cached_blobs(5).await;
-    assert!(first.terminate(Duration::from_secs(10)));
-
     fake.reset_counters();
-    let options = MirrorOptions {
-        env: vec![(
-            "REGMIRROR_CACHE__DIR".into(),
-            first.cache_dir.display().to_string(),
-        )],
-        ..MirrorOptions::default()
-    };
-    let second = Mirror::launch(&spec, &options);
+    let second = first.restart_on_same_cache(&spec);
     pull_index(&second, &child).await;
     let blob_requests = fake.seen().iter().filter(|s| s.kind == Kind::Blob).count();
     assert_eq!(blob_requests, 0, "{:?}", fake.seen());

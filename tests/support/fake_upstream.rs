@@ -27,6 +27,8 @@ pub use knobs::{Fault, Knob};
 
 /// Media type of the image manifests built by [`FakeUpstream::add_image`].
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// Media type of the image indexes built by [`FakeUpstream::add_index`].
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 /// Media type of an image config blob.
 pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 /// Media type of a (pretend) gzipped layer; the bytes are random, nobody unpacks them.
@@ -177,6 +179,22 @@ impl FakeUpstream {
             .unwrap()
             .manifests
             .insert(key, stored);
+    }
+
+    /// Stores an OCI index of `children` (all linux/amd64) under `repo:tag`; returns
+    /// `(digest, bytes)`.
+    pub fn add_index(&self, repo: &str, tag: &str, children: &[&Image]) -> (String, Vec<u8>) {
+        let manifests: Vec<_> = children
+            .iter()
+            .map(|c| {
+                serde_json::json!({"mediaType": OCI_MANIFEST, "digest": c.digest, "size": c.manifest.len(),
+                                   "platform": {"architecture": "amd64", "os": "linux"}})
+            })
+            .collect();
+        let index =
+            serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests});
+        let bytes = serde_json::to_vec(&index).unwrap();
+        (self.add_manifest(repo, tag, OCI_INDEX, &bytes), bytes)
     }
 
     /// Builds and stores an OCI image with `layers` random layers of `layer_size` bytes each.

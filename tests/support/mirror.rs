@@ -247,6 +247,20 @@ impl Mirror {
         }
     }
 
+    /// Stops this mirror (it must exit cleanly) and starts a new one on the same cache
+    /// directory; keep `self` alive meanwhile, it owns the directory.
+    pub fn restart_on_same_cache(&mut self, upstreams: &[UpstreamSpec]) -> Mirror {
+        assert!(self.terminate(Duration::from_secs(10)), "clean exit");
+        let options = MirrorOptions {
+            env: vec![(
+                "REGMIRROR_CACHE__DIR".into(),
+                self.cache_dir.display().to_string(),
+            )],
+            ..MirrorOptions::default()
+        };
+        Mirror::launch(upstreams, &options)
+    }
+
     /// Sends SIGTERM and waits up to `timeout` for exit; returns whether it exited cleanly.
     pub fn terminate(&mut self, timeout: Duration) -> bool {
         let _ = Command::new("kill")
